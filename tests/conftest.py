@@ -1,0 +1,66 @@
+"""Shared pytest set-up.
+
+* Hub-blocking guard: when the suite runs with ``GEVENT_MONITOR_THREAD_ENABLE``
+  (``dev.py test`` sets it, with ``GEVENT_MAX_BLOCKING_TIME=0.5``), gevent's
+  monitor thread reports every time something holds the hub for longer than
+  that.  Any such report during a test fails the test, so library code that
+  blocks (a synchronous DNS query, a blocking TLS handshake, a long fsync on
+  the hub) cannot slip in unnoticed.
+* ``require_tool``: tests that talk to a real external program (swaks,
+  smtp-source, redis-server) skip when it is missing on a developer's machine
+  but fail under CI, where ``.ci/run`` installs them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+_blocked_reports: list[Any] = []
+
+
+def _on_gevent_event(event: Any) -> None:
+    from gevent.events import EventLoopBlocked
+
+    if isinstance(event, EventLoopBlocked):
+        _blocked_reports.append(event)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        from gevent import events
+    except ImportError:  # pragma: no cover
+        return
+    config.addinivalue_line("markers", "allow_hub_block: this test blocks the hub on purpose")
+    events.subscribers.append(_on_gevent_event)
+
+
+@pytest.fixture(autouse=True)
+def _fail_if_hub_blocked(request: pytest.FixtureRequest) -> Iterator[None]:
+    _blocked_reports.clear()
+    yield
+    if request.node.get_closest_marker("allow_hub_block"):
+        return
+    if _blocked_reports:
+        first = _blocked_reports[0]
+        detail = "".join(first.info) if getattr(first, "info", None) else repr(first)
+        pytest.fail(
+            f"the gevent hub was blocked for more than {first.blocking_time}s "
+            f"({len(_blocked_reports)} report(s)); first:\n{detail}"
+        )
+
+
+def require_tool(name: str) -> str:
+    """Return the path of an external program, skipping (or failing in CI) without it."""
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None
+    )
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI (.ci/run installs it) but was not found")
+        pytest.skip(f"{name} is not installed")
+    return path
