@@ -458,7 +458,7 @@ def test_parse_msg_drops_mbox_from_line() -> None:
 
 
 def test_parse_msg_rejects_non_message() -> None:
-    with pytest.raises(EnvelopeTypeError, match="msg must be an email.message.Message"):
+    with pytest.raises(EnvelopeTypeError, match=r"msg must be an email\.message\.Message"):
         Envelope().parse_msg(b"Subject: x\r\n\r\n")  # type: ignore[arg-type]
 
 
@@ -505,7 +505,7 @@ def test_copy_is_independent() -> None:
 
 def test_copy_with_new_recipients() -> None:
     env = Envelope("s@example.com", ["r1@example.com"])
-    dup = env.copy(env.recipients + ["r2@example.com"])
+    dup = env.copy([*env.recipients, "r2@example.com"])
     assert dup.recipients == ["r1@example.com", "r2@example.com"]
     assert env.recipients == ["r1@example.com"]
     # As in python-slimta 4.0, an empty list keeps the recipients.
@@ -569,7 +569,7 @@ def test_encode_7bit_default_is_base64() -> None:
     env.encode_7bit()
     assert env.headers is not None
     assert env.headers.get_all("Content-Transfer-Encoding") == ["base64"]
-    header_bytes, out = env.flatten()
+    out = env.flatten()[1]
     assert out.isascii()
     assert BARE_LF.search(out) is None
     assert max(len(line) for line in out.split(b"\r\n")) <= 76
