@@ -145,9 +145,7 @@ def create_connection_ipv4(
     try:
         candidates = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise NoIPv4AddressError(
-            exc.errno, f"no IPv4 address for {host!r}: {exc.strerror}"
-        ) from exc
+        raise NoIPv4AddressError(exc.errno, f"no IPv4 address for {host!r}: {exc.strerror}") from exc
     if not candidates:
         raise NoIPv4AddressError(f"no IPv4 address for {host!r}")
     last_exc: OSError | None = None
@@ -155,9 +153,7 @@ def create_connection_ipv4(
         try:
             # sockaddr is numeric, so create_connection does no second lookup
             # and cannot wander off to an IPv6 address.
-            return socket.create_connection(
-                (str(sockaddr[0]), port), timeout, source_address
-            )
+            return socket.create_connection((str(sockaddr[0]), port), timeout, source_address)
         except OSError as exc:
             last_exc = exc
     assert last_exc is not None  # candidates was not empty
@@ -204,13 +200,9 @@ def create_listeners(
         return [_bound_socket(socket.AF_UNIX, socktype, proto, path)]
     host, port = _split_tcp_address(address)
     try:
-        results = socket.getaddrinfo(
-            host, port, family, socktype, proto, socket.AI_PASSIVE
-        )
+        results = socket.getaddrinfo(host, port, family, socktype, proto, socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ListenerError(
-            exc.errno, f"cannot resolve listener address {host!r}: {exc.strerror}"
-        ) from exc
+        raise ListenerError(exc.errno, f"cannot resolve listener address {host!r}: {exc.strerror}") from exc
     listeners: list[socket.socket] = []
     last_exc: ListenerError | None = None
     for fam, typ, prt, _, sockaddr in results:
@@ -236,22 +228,16 @@ def _split_tcp_address(address: Any) -> tuple[str | None, int]:
         raise InvalidAddressError(f"host must be a string, got {host!r}")
     # bool is an int subclass, but True as a port is certainly a mistake.
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise InvalidAddressError(
-            f"port must be an integer from 0 to 65535, got {port!r}"
-        )
+        raise InvalidAddressError(f"port must be an integer from 0 to 65535, got {port!r}")
     return host, port
 
 
-def _bound_socket(
-    family: int, socktype: int, proto: int, sockaddr: Any
-) -> socket.socket:
+def _bound_socket(family: int, socktype: int, proto: int, sockaddr: Any) -> socket.socket:
     """Create one socket, bind it to *sockaddr* and start listening."""
     try:
         sock = socket.socket(family, socktype, proto)
     except OSError as exc:
-        raise ListenerError(
-            exc.errno, f"cannot create socket for {sockaddr!r}: {exc.strerror}"
-        ) from exc
+        raise ListenerError(exc.errno, f"cannot create socket for {sockaddr!r}: {exc.strerror}") from exc
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -264,7 +250,5 @@ def _bound_socket(
             sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
-        raise ListenerError(
-            exc.errno, f"cannot listen on {sockaddr!r}: {exc.strerror}"
-        ) from exc
+        raise ListenerError(exc.errno, f"cannot listen on {sockaddr!r}: {exc.strerror}") from exc
     return sock

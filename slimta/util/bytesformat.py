@@ -77,22 +77,16 @@ class BytesFormat:
 
     def __init__(self, template: bytes, mode: str = "ignore") -> None:
         if not isinstance(template, bytes | bytearray | memoryview):
-            raise BytesFormatError(
-                f"template must be bytes, not {type(template).__name__}"
-            )
+            raise BytesFormatError(f"template must be bytes, not {type(template).__name__}")
         if mode not in _MODES:
-            raise BytesFormatError(
-                f"mode must be one of {', '.join(_MODES)}; got {mode!r}"
-            )
+            raise BytesFormatError(f"mode must be one of {', '.join(_MODES)}; got {mode!r}")
         self.template = bytes(template)
         self.mode = mode
         # re.split with one group alternates literal, name, literal, ...; the
         # odd positions are field names, already decoded to str once here.
         pieces = _FIELD.split(self.template)
         self._parts: list[bytes | str] = [
-            piece.decode("ascii") if i % 2 else piece
-            for i, piece in enumerate(pieces)
-            if i % 2 or piece
+            piece.decode("ascii") if i % 2 else piece for i, piece in enumerate(pieces) if i % 2 or piece
         ]
 
     def format(self, *args: Any, **kwargs: Any) -> bytes:
@@ -113,9 +107,7 @@ class BytesFormat:
         """
         return self._render(args, kwargs, self.mode)
 
-    def _render(
-        self, args: Sequence[Any], kwargs: Mapping[str, Any], mode: str
-    ) -> bytes:
+    def _render(self, args: Sequence[Any], kwargs: Mapping[str, Any], mode: str) -> bytes:
         out: list[bytes] = []
         for part in self._parts:
             if isinstance(part, bytes):
@@ -135,9 +127,7 @@ class BytesFormat:
         return f"BytesFormat({self.template!r}, mode={self.mode!r})"
 
 
-def _lookup(
-    name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
-) -> tuple[bool, Any]:
+def _lookup(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[bool, Any]:
     """Find the argument for field *name*: ``(found, value)``."""
     # \w also matches non-ASCII digits in str patterns, but the template is
     # bytes, so isdigit() here sees ASCII digits only.

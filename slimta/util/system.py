@@ -107,9 +107,7 @@ def daemonize() -> int:
         # and job-control signals no longer reach us.
         os.setsid()
     except OSError as exc:
-        raise DaemonizeError(
-            exc.errno, f"daemonize: setsid() failed: {exc.strerror}"
-        ) from exc
+        raise DaemonizeError(exc.errno, f"daemonize: setsid() failed: {exc.strerror}") from exc
     # The second fork leaves a process that is not a session leader, so it
     # can never acquire a controlling terminal by opening a tty.
     _fork_and_exit_parent()
@@ -129,18 +127,14 @@ def _fork_and_exit_parent() -> None:
     try:
         pid = fork_gevent()
     except OSError as exc:
-        raise DaemonizeError(
-            exc.errno, f"daemonize: fork() failed: {exc.strerror}"
-        ) from exc
+        raise DaemonizeError(exc.errno, f"daemonize: fork() failed: {exc.strerror}") from exc
     if pid > 0:
         # _exit, not exit: the parent must not run atexit handlers or flush
         # stdio buffers that now belong to the child too.
         os._exit(0)
 
 
-def redirect_stdio(
-    stdout: str | None = None, stderr: str | None = None, stdin: str | None = None
-) -> None:
+def redirect_stdio(stdout: str | None = None, stderr: str | None = None, stdin: str | None = None) -> None:
     """Point the process's standard streams at files.
 
     Output files are opened for appending (and created if missing); the
@@ -184,9 +178,7 @@ def redirect_stdio(
             os.close(fd)
 
 
-def drop_privileges(
-    user: str | int | None = None, group: str | int | None = None
-) -> None:
+def drop_privileges(user: str | int | None = None, group: str | int | None = None) -> None:
     """Switch the process to an unprivileged user and group.
 
     Call it after binding privileged ports and reading private keys.  Names
@@ -230,17 +222,13 @@ def drop_privileges(
         ) from exc
 
 
-def _resolve_user(
-    user: str | int | None, *, need_gid: bool
-) -> tuple[int | None, str | None, int | None]:
+def _resolve_user(user: str | int | None, *, need_gid: bool) -> tuple[int | None, str | None, int | None]:
     """Return ``(uid, name, primary_gid)`` for *user*; all ``None`` for ``None``."""
     if user is None:
         return None, None, None
     numeric = _as_id(user)
     try:
-        entry = (
-            pwd.getpwuid(numeric) if numeric is not None else pwd.getpwnam(str(user))
-        )
+        entry = pwd.getpwuid(numeric) if numeric is not None else pwd.getpwnam(str(user))
     except KeyError:
         if numeric is not None and not need_gid:
             # A bare uid with no passwd entry (common in containers) is fine
@@ -248,11 +236,7 @@ def _resolve_user(
             return numeric, None, None
         raise UnknownUserError(
             f"unknown user {user!r}"
-            + (
-                " (give group= as well for a uid without a passwd entry)"
-                if numeric is not None
-                else ""
-            )
+            + (" (give group= as well for a uid without a passwd entry)" if numeric is not None else "")
         ) from None
     return entry.pw_uid, entry.pw_name, entry.pw_gid
 
@@ -275,9 +259,7 @@ def _as_id(value: object) -> int | None:
             raise PrivilegeError(f"invalid user or group id {value!r}")
         return value
     if not isinstance(value, str) or not value:
-        raise PrivilegeError(
-            f"user and group must be a name or a number, not {value!r}"
-        )
+        raise PrivilegeError(f"user and group must be a name or a number, not {value!r}")
     if value.isascii() and value.isdigit():
         return int(value)
     return None
@@ -327,9 +309,7 @@ class PidFile:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise PidFileError(
-                exc.errno, f"cannot write pid file {self.filename!r}: {exc.strerror}"
-            ) from exc
+            raise PidFileError(exc.errno, f"cannot write pid file {self.filename!r}: {exc.strerror}") from exc
         self._pid = pid
         return self.filename
 

@@ -86,10 +86,7 @@ def test_unknown_mode_rejected() -> None:
 
 
 def test_repr_names_template_and_mode() -> None:
-    assert (
-        repr(BytesFormat(b"a{b}", mode="remove"))
-        == "BytesFormat(b'a{b}', mode='remove')"
-    )
+    assert repr(BytesFormat(b"a{b}", mode="remove")) == "BytesFormat(b'a{b}', mode='remove')"
 
 
 def test_format_is_linear_in_template_size() -> None:

@@ -115,9 +115,7 @@ def test_maxlen_at_and_past_the_limit() -> None:
 
 def test_many_producers_and_consumers_lose_nothing() -> None:
     d: BlockingDeque[int] = BlockingDeque()
-    consumers = [
-        gevent.spawn(lambda: [d.popleft() for _ in range(100)]) for _ in range(10)
-    ]
+    consumers = [gevent.spawn(lambda: [d.popleft() for _ in range(100)]) for _ in range(10)]
 
     def produce(base: int) -> None:
         for i in range(100):
