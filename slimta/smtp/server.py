@@ -1,0 +1,378 @@
+"""An SMTP server session on a connected socket, calling the 4.0 handler hooks.
+
+Theory of operation: :class:`Server` is a thin driver.  The protocol core
+(:class:`slimta.smtp.protocol.ServerConnection`) parses, checks and frames
+everything; the driver moves bytes between it and the socket, and for each
+well-formed command builds the default :class:`~slimta.smtp.reply.Reply`,
+lets the user's *handlers* object change it (the upper-case methods of
+python-slimta 4.0: ``EHLO(reply, ehlo_as)``, ``MAIL(reply, address, params)``,
+...), and hands the reply back to the core.  Replies are written only when
+the core needs more input, so a pipelined group of commands is answered in a
+single write (RFC 2920).
+
+Timeouts: every read waits at most ``command_timeout`` (``data_timeout``
+while message data flows), the TLS handshake and AUTH exchanges included.
+A timeout answers ``421 4.4.2`` and ends the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from gevent import Timeout
+
+from slimta.smtp import ConnectionLost, MessageTooBig, SmtpError
+from slimta.smtp.auth import SERVER_MECHANISMS, Challenge, Failure, ServerMechanism, Success, server_mechanism
+from slimta.smtp.extensions import Extensions
+from slimta.smtp.io import IO
+from slimta.smtp.protocol import (
+    NEED_DATA,
+    Auth,
+    AuthResponse,
+    Bdat,
+    ConnectionClosed,
+    Data,
+    Ehlo,
+    Greeting,
+    Helo,
+    MailFrom,
+    MessageReceived,
+    Noop,
+    Quit,
+    RcptTo,
+    Rset,
+    ServerConnection,
+    SmtpLimits,
+    StartTls,
+    UnknownCommand,
+)
+from slimta.smtp.reply import TIMED_OUT, UNHANDLED_ERROR, UNKNOWN_COMMAND, Reply
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Callable
+
+__all__ = ["DEFAULT_COMMAND_TIMEOUT", "DEFAULT_DATA_TIMEOUT", "Server"]
+
+#: Seconds to wait for a command when ``command_timeout`` is None (RFC 5321
+#: 4.5.3.2.7 asks servers to wait at least 5 minutes).
+DEFAULT_COMMAND_TIMEOUT = 300.0
+#: Seconds for the whole of a message's data when ``data_timeout`` is None.
+DEFAULT_DATA_TIMEOUT = 600.0
+
+# Verbs a client could send that must never reach a handler method of the
+# same name: they are the driver's own hooks, not SMTP commands.
+_RESERVED_HOOKS = frozenset(
+    {"BANNER_", "TLSHANDSHAKE", "TLSHANDSHAKE2", "HAVE_DATA", "CLOSE", "AUTH", "STARTTLS"}
+)
+
+_log = logging.getLogger(__name__)
+
+
+class Server:
+    """Run one SMTP server session over a connected socket.
+
+    Args:
+        socket: the connected (gevent) socket.
+        handlers: an object whose upper-case methods, if present, are called
+            to adjust each reply: ``BANNER_(reply)``, ``EHLO(reply, ehlo_as)``,
+            ``HELO(reply, helo_as)``, ``STARTTLS(reply, extensions)``,
+            ``TLSHANDSHAKE()``, ``TLSHANDSHAKE2(ssl_socket)``,
+            ``AUTH(reply, creds)``, ``MAIL(reply, address, params)``,
+            ``RCPT(reply, address, params)``, ``DATA(reply)``,
+            ``HAVE_DATA(reply, data, err)``, ``RSET(reply)``, ``NOOP(reply)``,
+            ``QUIT(reply)``, ``CLOSE()`` and, for other verbs,
+            ``VERB(reply, arg, server)``.  A reply code of 221 or 421 set by a
+            handler closes the session.
+        address: the client's address.
+        auth: True to offer AUTH with the default mechanisms, or a list of
+            mechanism names.  PLAIN and LOGIN are refused (538) until TLS.
+            Without an ``AUTH`` handler every attempt fails.
+        context: an :class:`ssl.SSLContext` (stdlib or gevent) to offer
+            STARTTLS, or to encrypt at once with ``tls_immediately``.
+        tls_immediately: start TLS before the banner (implicit TLS, port 465).
+        command_timeout: seconds to wait for each command (default
+            :data:`DEFAULT_COMMAND_TIMEOUT`).
+        data_timeout: seconds for the whole of a message's data (default
+            :data:`DEFAULT_DATA_TIMEOUT`).
+    """
+
+    def __init__(
+        self,
+        socket: Any,
+        handlers: Any,
+        address: Any = None,
+        auth: bool | list[str] = False,
+        context: ssl.SSLContext | None = None,
+        tls_immediately: bool = False,
+        command_timeout: float | None = None,
+        data_timeout: float | None = None,
+    ) -> None:
+        self.handlers = handlers
+        self.address = address
+        self.io = IO(socket, address)
+        self.context = context
+        self.tls_immediately = tls_immediately
+        self.command_timeout = DEFAULT_COMMAND_TIMEOUT if command_timeout is None else command_timeout
+        self.data_timeout = DEFAULT_DATA_TIMEOUT if data_timeout is None else data_timeout
+        #: Session limits; replace before :meth:`handle` to change them.
+        self.limits = SmtpLimits()
+        #: Name used in the CRAM-MD5 challenge.
+        self.hostname = "localhost"
+        self.extensions = Extensions()
+        for ext in ("8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"):
+            self.extensions.add(ext)
+        if context is not None and not tls_immediately:
+            self.extensions.add("STARTTLS")
+        self.auth_mechanisms: tuple[str, ...] = ()
+        if auth:
+            names = SERVER_MECHANISMS if auth is True else tuple(m.upper() for m in auth)
+            self.auth_mechanisms = names
+            self.extensions.add("AUTH", " ".join(names))
+        self.conn: ServerConnection | None = None
+        self._auth_mechanism: ServerMechanism | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        """True once the session runs over TLS."""
+        return self.io.encrypted
+
+    # -- the session loop --------------------------------------------------------
+
+    def handle(self) -> None:
+        """Run the session until QUIT, a closing reply, a timeout or EOF.
+
+        Raises:
+            ConnectionLost: the connection broke or timed out.
+            Exception: whatever a handler raised (after ``421 4.3.0`` was sent).
+        """
+        if self.context is not None and self.tls_immediately and not self._encrypt():
+            return
+        size = self.extensions.getparam("SIZE", filter=int)
+        if "SIZE" in self.extensions and size is not None and size > 0:
+            self.limits = _with_size(self.limits, size)
+        elif self.limits.max_message_size is not None:
+            self.extensions.add("SIZE", self.limits.max_message_size)
+        conn = self.conn = ServerConnection(
+            self.extensions, self.limits, encrypted=self.encrypted, auth_mechanisms=self.auth_mechanisms
+        )
+        try:
+            self._loop(conn)
+        finally:
+            self._call("CLOSE")
+
+    def _loop(self, conn: ServerConnection) -> None:
+        dispatch = self._dispatch_table()
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                self.io.send(conn.data_to_send())
+                conn.receive_data(self._recv(conn))
+                continue
+            if isinstance(event, ConnectionClosed):
+                self.io.send(conn.data_to_send())
+                return
+            try:
+                dispatch[type(event)](event)
+            except (ConnectionLost, Timeout):
+                raise
+            except Exception:
+                # The core still waits for an answer: send the 4.0 "unhandled
+                # error" reply, which closes the session, then let the caller
+                # log the exception once.
+                self._send_canned(UNHANDLED_ERROR)
+                self.io.send(conn.data_to_send())
+                raise
+            if conn.closed:
+                self.io.send(conn.data_to_send())
+                return
+
+    def _recv(self, conn: ServerConnection) -> bytes:
+        timeout = self.data_timeout if conn.in_data else self.command_timeout
+        try:
+            with Timeout(timeout):
+                return self.io.recv()
+        except Timeout:
+            self._send_timeout()
+            raise ConnectionLost("Timed out waiting for the client") from None
+
+    def _send_timeout(self) -> None:
+        with contextlib.suppress(ConnectionLost):
+            self.io.send(TIMED_OUT.to_bytes())
+
+    def _dispatch_table(self) -> dict[type, Callable[[Any], None]]:
+        return {
+            Greeting: self._on_greeting,
+            Ehlo: self._on_ehlo,
+            Helo: self._on_helo,
+            StartTls: self._on_starttls,
+            Auth: self._on_auth,
+            AuthResponse: self._on_auth_response,
+            MailFrom: self._on_mail,
+            RcptTo: self._on_rcpt,
+            Data: self._on_data,
+            Bdat: self._on_bdat,
+            MessageReceived: self._on_message,
+            Rset: self._on_simple("RSET", "250", "2.0.0 Ok"),
+            Noop: self._on_simple("NOOP", "250", "2.0.0 Ok"),
+            Quit: self._on_simple("QUIT", "221", "2.0.0 Bye"),
+            UnknownCommand: self._on_unknown,
+        }
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _call(self, which: str, *args: Any) -> Any:
+        method = getattr(self.handlers, which, None)
+        if method is None:
+            return None
+        return method(*args)
+
+    def _reply(self, reply: Reply) -> None:
+        assert self.conn is not None
+        self.conn.send_reply(reply)
+
+    def _send_canned(self, canned: Reply) -> None:
+        self._reply(Reply().copy(canned))
+
+    # -- one method per event -------------------------------------------------------
+
+    def _on_greeting(self, event: Greeting) -> None:
+        reply = Reply("220", "ESMTP server ready")
+        reply.enhanced_status_code = False
+        self._call("BANNER_", reply)
+        self._reply(reply)
+
+    def _on_ehlo(self, event: Ehlo) -> None:
+        reply = Reply("250", f"Hello {event.hostname}")
+        reply.enhanced_status_code = False
+        self._call("EHLO", reply, event.hostname)
+        if reply.code == "250":
+            reply.message = self.extensions.build_string(reply.message or "Hello")
+        self._reply(reply)
+
+    def _on_helo(self, event: Helo) -> None:
+        reply = Reply("250", f"Hello {event.hostname}")
+        reply.enhanced_status_code = False
+        self._call("HELO", reply, event.hostname)
+        self._reply(reply)
+
+    def _on_starttls(self, event: StartTls) -> None:
+        assert self.conn is not None
+        reply = Reply("220", "2.7.0 Go ahead")
+        self._call("STARTTLS", reply, self.extensions)
+        self._reply(reply)
+        if reply.code != "220":
+            return
+        self.io.send(self.conn.data_to_send())
+        if self.conn.discarded_plaintext:
+            _log.warning(
+                "discarded %d octets sent before the TLS handshake by %s",
+                self.conn.discarded_plaintext,
+                self.address,
+            )
+        if not self._encrypt():
+            raise ConnectionLost("TLS handshake failed")
+        self.conn.tls_established()
+        self.extensions.drop("STARTTLS")
+
+    def _encrypt(self) -> bool:
+        assert self.context is not None
+        try:
+            with Timeout(self.command_timeout):
+                ok = self.io.encrypt_socket_server(self.context)
+        except Timeout:
+            ok = False
+        if ok:
+            self._call("TLSHANDSHAKE")
+            self._call("TLSHANDSHAKE2", self.io.socket)
+        return ok
+
+    def _on_auth(self, event: Auth) -> None:
+        self._auth_mechanism = server_mechanism(event.mechanism, self.hostname)
+        self.io.auth_exchange(True)
+        self._auth_step(self._auth_mechanism.start(event.initial_response))
+
+    def _on_auth_response(self, event: AuthResponse) -> None:
+        if self._auth_mechanism is None:  # pragma: no cover - the core prevents it
+            self._send_canned(UNKNOWN_COMMAND)
+            return
+        self._auth_step(self._auth_mechanism.respond(event.data))
+
+    def _auth_step(self, step: Challenge | Success | Failure) -> None:
+        if isinstance(step, Challenge):
+            self._reply(Reply("334", step.text))
+            return
+        self._auth_mechanism = None
+        self.io.auth_exchange(False)
+        if isinstance(step, Failure):
+            self._reply(Reply(step.code, step.message))
+            return
+        reply = Reply("535", "5.7.8 Authentication credentials invalid")
+        if hasattr(self.handlers, "AUTH"):
+            # The handler decides: it starts from success and refuses by
+            # changing the reply.  Without a handler nobody can verify the
+            # credentials, so authentication fails closed.
+            reply = Reply("235", "2.7.0 Authentication successful")
+            self._call("AUTH", reply, step.credentials)
+        self._reply(reply)
+
+    def _on_mail(self, event: MailFrom) -> None:
+        reply = Reply("250", f"2.1.0 Sender <{event.address}> Ok")
+        self._call("MAIL", reply, event.address, event.params)
+        self._reply(reply)
+
+    def _on_rcpt(self, event: RcptTo) -> None:
+        reply = Reply("250", f"2.1.5 Recipient <{event.address}> Ok")
+        self._call("RCPT", reply, event.address, event.params)
+        self._reply(reply)
+
+    def _on_data(self, event: Data) -> None:
+        reply = Reply("354", "Start mail input; end with <CRLF>.<CRLF>")
+        self._call("DATA", reply)
+        self._reply(reply)
+
+    def _on_bdat(self, event: Bdat) -> None:
+        if event.first:
+            check = Reply("354", "Start mail input")
+            self._call("DATA", check)
+            if check.code != "354":
+                self._reply(check)
+                return
+        if not event.last:
+            self._reply(Reply("250", f"2.0.0 {event.size} octets received"))
+            return
+        self._have_data(event.data, event.error)
+
+    def _on_message(self, event: MessageReceived) -> None:
+        self._have_data(event.data, event.error)
+
+    def _have_data(self, data: bytes | None, error: Reply | None) -> None:
+        reply = Reply("250", "2.6.0 Message accepted for delivery")
+        err: SmtpError | None = None
+        if error is not None:
+            reply.copy(error)
+            err = MessageTooBig() if error.code == "552" else SmtpError(error.message or "Message refused")
+        self._call("HAVE_DATA", reply, data, err)
+        self._reply(reply)
+
+    def _on_simple(self, which: str, code: str, message: str) -> Callable[[Any], None]:
+        def handle(event: Any) -> None:
+            reply = Reply(code, message)
+            self._call(which, reply)
+            self._reply(reply)
+
+        return handle
+
+    def _on_unknown(self, event: UnknownCommand) -> None:
+        reply = Reply().copy(UNKNOWN_COMMAND)
+        if event.verb not in _RESERVED_HOOKS and event.verb.isalpha():
+            self._call(event.verb, reply, event.arg, self)
+        self._reply(reply)
+
+
+def _with_size(limits: SmtpLimits, size: int) -> SmtpLimits:
+    from dataclasses import replace
+
+    return replace(limits, max_message_size=size)
