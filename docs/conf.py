@@ -1,0 +1,35 @@
+"""Sphinx configuration for the slimta manual and API reference."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(".."))
+
+project = "slimta"
+author = "the slimta developers"
+copyright = "2026, the slimta developers"  # noqa: A001
+
+try:
+    from slimta import __version__ as release
+except ImportError:  # pragma: no cover
+    release = "0+unknown"
+version = release
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.viewcode",
+]
+autodoc_member_order = "bysource"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_typehints = "description"
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+intersphinx_mapping: dict[str, tuple[str, None]] = {}
+nitpicky = False
+suppress_warnings = ["ref.python"]
+html_theme = "alabaster"
+exclude_patterns = ["_build"]
