@@ -84,6 +84,11 @@ _NAME = rb"[\x21-\x39\x3b-\x7e]+"
 # no body at all.  Possessive quantifiers keep the match linear even on a
 # megabyte-long line.
 _HEADER_LINES = re.compile(rb"(?:" + _NAME + rb":[^\r\n]*+(?:\r?\n|\Z)(?:[ \t][^\r\n]*+(?:\r?\n|\Z))*+)*+")
+# An LF not preceded by CR.  The pattern starts with a literal, so the regex
+# engine skips ahead with a fast scan for LF; on a CRLF body this is about
+# twice as fast as comparing ``count(b"\\n")`` with ``count(b"\\r\\n")``.
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+_EMPTY_LINE = re.compile(rb"\n\r?\n")
 _NAME_STR = re.compile(_NAME.decode("ascii") + r"\Z")
 _ANY_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # After normalising line breaks, each one must start a continuation line.
@@ -105,27 +110,25 @@ def _blank_line(data: bytes) -> tuple[int, int]:
         return 0, 1
     if data.startswith(b"\r\n"):
         return 0, 2
-    lf_lf = data.find(b"\n\n")
-    # Search for LF CRLF only up to where LF LF was found: on a bare-LF
-    # message this stops after the headers instead of scanning the body.
-    stop = len(data) if lf_lf < 0 else lf_lf + 2
-    lf_crlf = data.find(b"\n\r\n", 0, stop)
-    if lf_crlf >= 0:
-        return lf_crlf + 1, lf_crlf + 3
-    if lf_lf >= 0:
-        return lf_lf + 1, lf_lf + 2
-    return len(data), len(data)
+    # One left-to-right search that stops at the first empty line, so its
+    # cost is the size of the header section.  (Two ``bytes.find`` calls for
+    # LF LF and LF CRLF would each scan a whole CRLF-only body.)
+    match = _EMPTY_LINE.search(data)
+    if match is None:
+        return len(data), len(data)
+    return match.start() + 1, match.end()
 
 
 def _crlf(body: bytes) -> bytes:
     """Return ``body`` with every bare LF turned into CRLF.
 
-    A body that is already clean is returned as the same object: two
-    ``count`` passes in C cost far less than copying megabytes.
+    A body that is already clean is returned as the same object, so the
+    common case costs one scan and no copy.
     """
-    lf = body.count(b"\n")
-    if lf == 0 or lf == body.count(b"\r\n"):
+    if _BARE_LF.search(body) is None:
         return body
+    if b"\r" not in body:
+        return body.replace(b"\n", b"\r\n")
     # Folding CRLF to LF first means existing CRLFs are not doubled.
     return body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
