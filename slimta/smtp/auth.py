@@ -41,7 +41,7 @@ import logging
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -182,7 +182,7 @@ class AuthCredentials:
             ``None`` (only PLAIN can carry one).
     """
 
-    __slots__ = ("_challenge", "_digest", "_password", "authcid", "authzid", "mechanism")
+    __slots__ = ("_challenge", "_digest", "_password", "authcid", "authzid", "mechanism", "offload")
 
     def __init__(
         self,
@@ -216,6 +216,10 @@ class AuthCredentials:
         self._password = password
         self._challenge = challenge
         self._digest = digest.lower() if digest is not None else None
+        #: Runs the (slow, CPU-bound) hash verification, e.g. in a thread
+        #: pool; the SMTP server sets it so a bcrypt or sha512_crypt check
+        #: never stalls the other sessions.  ``None`` runs it inline.
+        self.offload: Callable[..., bool] | None = None
 
     @property
     def identity(self) -> str:
@@ -246,6 +250,8 @@ class AuthCredentials:
             return False
         if self._password is not None:
             if _is_hash(secret):
+                if self.offload is not None:
+                    return bool(self.offload(_verify_hash, self._password, secret))
                 return _verify_hash(self._password, secret)
             return hmac.compare_digest(self._password.encode("utf-8"), secret.encode("utf-8"))
         if self._challenge is None or self._digest is None or _is_hash(secret):

@@ -21,6 +21,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+import gevent
 from gevent import Timeout
 
 from slimta.smtp import ConnectionLost, MessageTooBig, SmtpError
@@ -310,6 +311,7 @@ class Server:
             self._reply(Reply(step.code, step.message))
             return
         reply = Reply("535", "5.7.8 Authentication credentials invalid")
+        step.credentials.offload = _in_threadpool
         if hasattr(self.handlers, "AUTH"):
             # The handler decides: it starts from success and refuses by
             # changing the reply.  Without a handler nobody can verify the
@@ -370,6 +372,11 @@ class Server:
         if event.verb not in _RESERVED_HOOKS and event.verb.isalpha():
             self._call(event.verb, reply, event.arg, self)
         self._reply(reply)
+
+
+def _in_threadpool(func: Callable[..., bool], *args: Any) -> bool:
+    """Run a CPU-bound check (password hashing) off the gevent hub."""
+    return bool(gevent.get_hub().threadpool.apply(func, args))
 
 
 def _with_size(limits: SmtpLimits, size: int) -> SmtpLimits:
