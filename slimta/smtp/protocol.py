@@ -352,6 +352,9 @@ _INSECURE_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 _VERB = re.compile(rb"[A-Za-z][A-Za-z0-9_-]{0,19}\Z")
 _BDAT_ARGS = re.compile(r"([0-9]{1,18})(?: +(LAST))? *\Z", re.IGNORECASE)
 _BARE_EOL = re.compile(rb"\r\n|\r|\n")
+# A line starting with one dot that the client did not stuff (RFC 5321
+# 4.5.2 makes every client double a leading dot), e.g. "\r\n. \r\n".
+_UNSTUFFED_DOT = re.compile(rb"(?:\A|\r\n)\.(?!\.)")
 _JUNK = (Noop, Rset, UnknownCommand)
 # Returned by _read_line for a line the core has already answered (too long).
 _ANSWERED: Final = b"<answered>"
@@ -418,6 +421,10 @@ class ServerConnection:
         """Feed bytes read from the client; ``b""`` means it closed."""
         if self.mode is InputMode.TLS:
             raise LocalProtocolError("receive_data() during the TLS handshake")
+        if self.phase is Phase.CLOSED:
+            # Fix: nothing is read after 221/421, so do not let a client that
+            # keeps sending grow the buffer while the driver closes.
+            return
         if not data:
             self._eof = True
             return
@@ -543,6 +550,10 @@ class ServerConnection:
         self._scan_from = 0
         if self._discarding_line or end + 2 > limit:
             self._discarding_line = False
+            if self.mode is InputMode.AUTH:
+                # Fix: the 500 is a final reply to the AUTH exchange; the
+                # client's next line is a command, not a SASL response.
+                self.mode = InputMode.COMMAND
             self._refuse("500", "5.5.6 Line too long")
             return _ANSWERED
         return line
@@ -565,7 +576,9 @@ class ServerConnection:
             self._refuse("500", "5.5.2 Invalid UTF-8 in command")
             return None
         if "\r" in arg or "\n" in arg or "\x00" in arg:
-            self._refuse("500", "5.5.2 Bare CR, LF or NUL in command")
+            # Fix: 501 (bad argument), as for any other control character
+            # in an address; the verb itself was fine.
+            self._refuse("501", "5.5.2 Bare CR, LF or NUL in command")
             return None
         event = self._build_command(verb, arg.strip(" "))
         if event is None:
@@ -653,7 +666,7 @@ class ServerConnection:
     def _check_mail_params(self, params: dict[str, str | bool]) -> tuple[str, str] | None:
         for key, value in params.items():
             if key == "SIZE":
-                if not isinstance(value, str) or not value.isdigit() or len(value) > 18:
+                if not isinstance(value, str) or not (value.isascii() and value.isdigit()) or len(value) > 18:
                     return ("501", "5.5.4 Invalid SIZE parameter")
                 limit = self.limits.max_message_size
                 if limit is not None and int(value) > limit:
@@ -807,21 +820,34 @@ class ServerConnection:
             return MessageReceived(None, _too_big_reply(self.limits.max_message_size))
         raw = bytes(memoryview(buf)[2 : end + 2])
         del buf[: end + 5]
-        if b"\r\n.." in raw:
-            raw = raw.replace(b"\r\n..", b"\r\n.")
-        if raw.startswith(b".."):
+        strict = self.limits.bare_line_endings == "reject"
+        # Fix: in strict mode also refuse the rest of the smuggling corpus
+        # (RELIABILITY R2): a NUL (never valid in RFC 5322 text) and a line
+        # starting with one dot the client did not stuff ("\r\n. \r\n"), both
+        # of which some other MTAs take for the end of data.
+        suspicious = strict and (b"\x00" in raw or _UNSTUFFED_DOT.search(raw) is not None)
+        # Fix: RFC 5321 4.5.2 drops the first character of *every* line that
+        # starts with a dot (not only of ".." lines).
+        if b"\r\n." in raw:
+            raw = raw.replace(b"\r\n.", b"\r\n")
+        if raw.startswith(b"."):
             raw = raw[1:]
         limit = self.limits.max_message_size
         if limit is not None and len(raw) > limit:
             return MessageReceived(None, _too_big_reply(limit))
         crlf = raw.count(CRLF)
         if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
-            if self.limits.bare_line_endings == "reject":
+            if strict:
                 return MessageReceived(
                     None,
                     _reply("550", "5.5.2 Message contains bare CR or LF characters"),
                 )
             raw = _BARE_EOL.sub(CRLF, raw)
+        if suspicious:
+            return MessageReceived(
+                None,
+                _reply("550", "5.5.2 Message contains NUL or an unstuffed leading dot"),
+            )
         return MessageReceived(raw)
 
     # -- internals: applying replies -----------------------------------------------
