@@ -86,10 +86,11 @@ def test_failure_report_structure() -> None:
     assert msg["To"] == "alice@example.com"
     assert msg["Auto-Submitted"] == "auto-replied"
     assert "Failure" in msg["Subject"]
-    text, report, original = parts(msg)
+    text, _report, original = parts(msg)
     assert text.get_content_type() == "text/plain"
     body = text.get_payload()
-    assert "bob@example.net" in body and "carol@example.net" in body
+    assert "bob@example.net" in body
+    assert "carol@example.net" in body
     assert "550 5.1.1 No such user" in body
 
     per_message, *per_rcpt = status_groups(msg)
@@ -154,9 +155,11 @@ def test_sender_with_crlf_cannot_inject_a_header() -> None:
     msg = parse(bounce)
     assert msg["Bcc"] is None
     assert all(part["Bcc"] is None for part in msg.walk())
-    assert "\n" not in msg["To"] and "\r" not in msg["To"]
+    assert "\n" not in msg["To"]
+    assert "\r" not in msg["To"]
     # The envelope recipient cannot inject an SMTP command either.
-    assert "\r" not in bounce.recipients[0] and "\n" not in bounce.recipients[0]
+    assert "\r" not in bounce.recipients[0]
+    assert "\n" not in bounce.recipients[0]
 
 
 def test_recipient_and_reply_with_control_characters_are_neutralised() -> None:
@@ -166,7 +169,8 @@ def test_recipient_and_reply_with_control_characters_are_neutralised() -> None:
     bounce = Bounce(env, reply)
     header_data, body = bounce.flatten()
     data = header_data + body
-    assert b"\nX-Evil" not in data and b"\rX-Evil" not in data
+    assert b"\nX-Evil" not in data
+    assert b"\rX-Evil" not in data
     assert b"\x00" not in data
     groups = status_groups(parse(bounce))
     assert all(group["X-Evil"] is None for group in groups)
@@ -198,7 +202,7 @@ def test_small_original_under_the_limit_is_kept_whole() -> None:
     data = ORIGINAL + b"z" * 40000 + b"\r\n"
     bounce = Bounce(make_env(data=data), Reply("550", "5.0.0 No"))
     assert bounce.headers_only is False
-    header_data, body = bounce.flatten()
+    _header_data, body = bounce.flatten()
     assert b"z" * 40000 in body
 
 
@@ -258,11 +262,11 @@ def test_custom_templates_as_str_and_recipient_join() -> None:
         )
         footer_template = "\n-- end\n"
         recipient_join = ", "
-        client = {"name": "bouncer", "ip": "10.0.0.1", "host": "bouncer.local"}  # noqa: RUF012
+        client = {"name": "bouncer", "ip": "10.0.0.1", "host": "bouncer.local"}
         receiver = "bounces.example.org"
 
     bounce = Custom(make_env(rcpts=["a@x.example", "b@y.example"]), Reply("550", "5.1.1 gone"))
-    header_data, body = bounce.flatten()
+    _header_data, body = bounce.flatten()
     assert bounce.headers is not None
     assert bounce.headers["Subject"] == "failed 550"
     assert body.startswith(b"Failed: a@x.example, b@y.example\r\n5.1.1 gone\r\n")
@@ -402,6 +406,7 @@ def test_params_for_relaying_and_storage_round_trip() -> None:
         EnvelopeDsn.from_dict({"recipients": {"a": {"orcpt": [1]}}})
 
     copied = env.copy(["bob@example.net"])
-    assert get_dsn(copied) == get_dsn(env) and get_dsn(copied) is not get_dsn(env)
+    assert get_dsn(copied) == get_dsn(env)
+    assert get_dsn(copied) is not get_dsn(env)
     set_dsn(env, None)
     assert get_dsn(env) is None
