@@ -1,0 +1,587 @@
+"""The queue: store every accepted message, deliver it, retry it, bounce it.
+
+RFC 5321 makes a server that answered ``250`` to a message responsible for
+it.  :class:`Queue` takes that responsibility: :meth:`Queue.enqueue` writes
+each envelope to a :class:`QueueStorage` backend *before* it returns (the
+edge answers the client only then), and the queue greenlet delivers stored
+envelopes through a :class:`~slimta.relay.Relay`, retries temporary failures
+on a back-off schedule kept in storage, and bounces permanent failures to
+the sender.
+
+Theory of operation:
+
+* **Ownership.**  An envelope id is in exactly one place in memory: the
+  timetable (waiting for its next attempt) or the active set (an attempt is
+  in flight).  Only the greenlet that moved it into the active set may move
+  it out, so however many enqueues, flushes, loads and retries race, each
+  stored envelope has at most one attempt in flight per process.
+* **Recipients.**  A relay may report each recipient separately.  Delivered
+  recipients are recorded with :meth:`QueueStorage.set_recipients_delivered`
+  and are not attempted again; permanently failed ones are bounced (one
+  bounce per distinct reply); the rest are retried.
+* **Order of writes.**  A bounce is stored before the original is removed
+  or updated, so a crash in between can duplicate a bounce but never lose
+  one.  If storing the bounce fails, the failed recipients stay queued.
+* **Faults.**  A relay that raises something unexpected, returns garbage,
+  or hangs past :attr:`Queue.relay_timeout` is a temporary failure; a
+  storage error after an attempt puts the id back in the timetable after
+  :attr:`Queue.store_retry_delay`.  The scheduler loop logs and carries on
+  after any error; it ends only when killed.
+* **Restarts.**  Retry times live in storage: :meth:`Queue.start` loads
+  every stored envelope and resumes its schedule.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent import Greenlet, GreenletExit, Timeout
+from gevent.event import Event
+from gevent.pool import Group, Pool
+
+from slimta import logging as slimta_logging
+from slimta.core import SlimtaError
+from slimta.queue._backoff import ExponentialBackoff
+from slimta.queue._inspect import InspectionMixin, QueueEntry
+from slimta.queue._outcome import Outcomes, classify, group_by_reply, transient_reply
+from slimta.queue._schedule import Schedule
+from slimta.relay import RelayError
+from slimta.smtp.reply import Reply
+
+if TYPE_CHECKING:
+    from slimta.envelope import Envelope
+    from slimta.relay import Relay
+
+__all__ = ["ExponentialBackoff", "Queue", "QueueEntry", "QueueError", "QueueStorage"]
+
+_log = logging.getLogger(__name__)
+
+#: ``backoff(envelope, attempts) -> seconds until the next attempt, or None``.
+Backoff = Callable[["Envelope", int], "float | None"]
+#: ``bounce_factory(envelope, reply) -> bounce envelope, or None``.
+BounceFactory = Callable[["Envelope", Reply], "Envelope | None"]
+
+
+class QueueError(SlimtaError):
+    """Queuing a message failed (typically: the storage backend refused it).
+
+    Args:
+        msg: What went wrong.
+        reply: The SMTP reply an edge should send for this failure, if the
+            default (``451 4.3.0``) is not right.
+
+    Attributes:
+        reply: The :class:`~slimta.smtp.reply.Reply` given, or ``None``.
+    """
+
+    def __init__(self, msg: str | None = None, reply: Reply | None = None) -> None:
+        super().__init__(*(() if msg is None else (msg,)))
+        self.reply = reply
+
+
+class QueueStorage:
+    """The interface a storage backend implements for :class:`Queue`.
+
+    Subclass it and implement the methods that raise
+    :class:`NotImplementedError`.  Ids are strings chosen by the backend.
+    Methods may raise :class:`QueueError` (or any other error, which the
+    queue treats the same way).  :meth:`wait`, :meth:`get_info`,
+    :meth:`set_last_error` and :meth:`inspect` have working defaults.
+
+    ``tests/storage_conformance.py`` holds the test suite every backend must
+    pass.
+    """
+
+    def write(self, envelope: Envelope, timestamp: float) -> str:
+        """Store a new envelope, with zero attempts so far.
+
+        Args:
+            envelope: The envelope to store.
+            timestamp: When its first delivery attempt is due.
+
+        Returns:
+            The new, unique id.  When this returns, the envelope must be as
+            safe as the backend can make it: the client is told so next.
+        """
+        raise NotImplementedError()
+
+    def set_timestamp(self, id: str, timestamp: float) -> None:  # noqa: A002 - 4.0 argument name
+        """Change when the next delivery attempt for ``id`` is due."""
+        raise NotImplementedError()
+
+    def increment_attempts(self, id: str) -> int:  # noqa: A002 - 4.0 argument name
+        """Add one to the attempt count of ``id``.
+
+        Returns:
+            The new count.
+        """
+        raise NotImplementedError()
+
+    def set_recipients_delivered(self, id: str, rcpt_indexes: Iterable[int]) -> None:  # noqa: A002 - 4.0 argument name
+        """Record that some recipients need no further attempts.
+
+        Args:
+            id: The envelope's id.
+            rcpt_indexes: Indexes into the recipient list that :meth:`get`
+                returns now; those recipients must be left out of what
+                :meth:`get` returns from then on.
+        """
+        raise NotImplementedError()
+
+    def load(self) -> Iterable[tuple[float, str]]:
+        """List everything stored, for the queue to schedule on start.
+
+        Returns:
+            ``(timestamp, id)`` pairs, the timestamp being the next attempt.
+        """
+        raise NotImplementedError()
+
+    def get(self, id: str) -> tuple[Envelope, int]:  # noqa: A002 - 4.0 argument name
+        """Return ``(envelope, attempts)`` for ``id``.
+
+        Raises:
+            KeyError: Nothing is stored under ``id``.
+        """
+        raise NotImplementedError()
+
+    def remove(self, id: str) -> None:  # noqa: A002 - 4.0 argument name
+        """Delete ``id`` (delivered or bounced); an unknown id is ignored."""
+        raise NotImplementedError()
+
+    def wait(self) -> Iterable[tuple[float, str]] | None:
+        """Wait for envelopes stored by *other* processes (shared backends).
+
+        The queue calls this in a loop and schedules every ``(timestamp,
+        id)`` pair it yields.  A backend that is not shared returns
+        ``None`` (the default), and the queue stops calling it.
+        """
+        return None
+
+    def get_info(self) -> dict[str, Any]:
+        """Return facts about the storage; the key ``size`` is always there.
+
+        The default counts what :meth:`load` lists.
+        """
+        return {"size": sum(1 for _ in self.load())}
+
+    def set_last_error(self, id: str, error: str) -> None:  # noqa: A002 - matches the other methods
+        """Remember why the last attempt for ``id`` failed (for inspection).
+
+        .. versionadded:: 5.0 (not in python-slimta).  The default keeps
+        nothing.
+        """
+
+    def inspect(self) -> Iterator[QueueEntry]:
+        """List every stored envelope with its queue metadata.
+
+        .. versionadded:: 5.0 (not in python-slimta).  The default is built
+        on :meth:`load` and :meth:`get`; backends may do it more cheaply.
+        """
+        for timestamp, id_ in list(self.load()):
+            try:
+                envelope, attempts = self.get(id_)
+            except KeyError:
+                continue  # removed while we were listing
+            state = "deferred" if attempts else "queued"
+            yield QueueEntry(
+                id_, envelope.sender, tuple(envelope.recipients), attempts, timestamp, None, state
+            )
+
+
+def _default_bounce(envelope: Envelope, reply: Reply) -> Envelope | None:
+    # Imported on first use: slimta.bounce builds on the queue's neighbours
+    # and must not be needed just to import slimta.queue.
+    try:
+        bounce_class = importlib.import_module("slimta.bounce").Bounce
+    except (ImportError, AttributeError):
+        _log.error("slimta.bounce is not available; no bounce sent to %r", envelope.sender)
+        return None
+    bounce: Envelope = bounce_class(envelope, reply)
+    return bounce
+
+
+def _as_pool(pool: int | Pool | None) -> Pool | None:
+    if pool is None or isinstance(pool, Pool):
+        return pool
+    return Pool(pool)
+
+
+_STORE_FAILED = Reply("451", "4.3.0 Error queuing message, try again later")
+_TIMED_OUT = "Delivery attempt timed out"
+_GAVE_UP = " (Too many retries)"
+
+if TYPE_CHECKING:
+    _GreenletBase = Greenlet[[], None]
+else:
+    _GreenletBase = Greenlet  # gevent's Greenlet is generic only in its stubs
+
+
+class Queue(InspectionMixin, _GreenletBase):
+    """Store envelopes, deliver them through a relay, retry and bounce.
+
+    The queue is a :class:`gevent.Greenlet`: call :meth:`start` to run the
+    scheduler (it loads what is already in storage), :meth:`kill` to stop it.
+
+    Args:
+        store: The :class:`QueueStorage` backend.
+        relay: The :class:`~slimta.relay.Relay` to deliver with; without one
+            messages are only stored.
+        backoff: ``backoff(envelope, attempts)`` returns the seconds until
+            the next attempt after ``attempts`` failures, or ``None`` to give
+            up and bounce.  Defaults to :class:`ExponentialBackoff` (this
+            differs from python-slimta, which never retries by default).
+        bounce_factory: ``bounce_factory(envelope, reply)`` returns the
+            bounce envelope to send, or ``None`` for none.  Defaults to
+            :class:`slimta.bounce.Bounce`.
+        bounce_queue: Where bounces are enqueued; defaults to this queue.
+        store_pool: The most storage calls at once (an int or a
+            :class:`gevent.pool.Pool`); default unlimited.
+        relay_pool: The most delivery attempts at once (an int or a
+            :class:`~gevent.pool.Pool`); default unlimited.
+        relay_timeout: Seconds after which a delivery attempt is abandoned
+            and counted as a temporary failure; ``None`` for no limit.
+            (Beyond python-slimta.)
+
+    Attributes:
+        store_retry_delay: Seconds before an envelope is tried again after
+            the storage failed while recording an attempt's outcome.
+    """
+
+    store_retry_delay: float = 60.0
+
+    def __init__(
+        self,
+        store: QueueStorage,
+        relay: Relay | None = None,
+        backoff: Backoff | None = None,
+        bounce_factory: BounceFactory | None = None,
+        bounce_queue: Any = None,
+        store_pool: int | Pool | None = None,
+        relay_pool: int | Pool | None = None,
+        relay_timeout: float | None = 600.0,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.relay = relay
+        self.backoff: Backoff = backoff if backoff is not None else ExponentialBackoff()
+        self.bounce_factory: BounceFactory = bounce_factory if bounce_factory is not None else _default_bounce
+        # Not "bounce_queue or self": a greenlet that has not started is false.
+        self.bounce_queue: Any = bounce_queue if bounce_queue is not None else self
+        self.store_pool = _as_pool(store_pool)
+        self.relay_pool = _as_pool(relay_pool)
+        self.relay_timeout = relay_timeout
+        self.queue_policies: list[Any] = []
+        self._attempts: Group = self.relay_pool if self.relay_pool is not None else Group()
+        self._schedule = Schedule()
+        self._active: set[str] = set()
+        self._cancelled: set[str] = set()
+        self._last_errors: dict[str, str] = {}
+        self._wake = Event()
+        self._helpers: list[Greenlet[..., Any]] = []
+
+    # -- policies and enqueue ------------------------------------------------
+
+    def add_policy(self, policy: Any) -> None:
+        """Add a queue policy, run on every envelope before it is stored.
+
+        Args:
+            policy: A :class:`slimta.policy.QueuePolicy` (any object with an
+                ``apply(envelope)`` method).  ``apply`` may change the
+                envelope, or return a list of envelopes to store instead.
+
+        Raises:
+            TypeError: ``policy`` has no ``apply`` method.
+        """
+        if not callable(getattr(policy, "apply", None)):
+            raise TypeError("Argument not a QueuePolicy.")
+        self.queue_policies.append(policy)
+
+    def _run_policies(self, envelope: Envelope) -> list[Envelope]:
+        current = [envelope]
+        for policy in self.queue_policies:
+            replaced: list[Envelope] = []
+            for env in current:
+                result = policy.apply(env)
+                if result:
+                    replaced.extend(result)
+                else:
+                    replaced.append(env)
+            current = replaced
+        return current
+
+    def _store_call(self, func: Callable[..., Any], *args: Any) -> Any:
+        if self.store_pool is None:
+            return func(*args)
+        return self.store_pool.spawn(func, *args).get()
+
+    def _write(self, envelope: Envelope, now: float) -> str | QueueError:
+        if getattr(envelope, "timestamp", None) is None:
+            envelope.timestamp = now  # the default back-off measures age from it
+        try:
+            id_: str = self._store_call(self.store.write, envelope, now)
+        except QueueError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - any storage failure must become a QueueError
+            slimta_logging.log_exception(__name__)
+            return QueueError(f"Storage write failed: {exc}", _STORE_FAILED)
+        return id_
+
+    def enqueue(self, envelope: Envelope) -> list[tuple[Envelope, str | QueueError]]:
+        """Run the queue policies, store the result and start delivery.
+
+        Each resulting envelope is stored before this returns; its first
+        delivery attempt starts at once (or as soon as ``relay_pool`` has
+        room) without waiting for it.
+
+        Args:
+            envelope: The envelope received.
+
+        Returns:
+            One ``(envelope, id)`` pair per envelope stored, with a
+            :class:`QueueError` in place of the id when storing it failed
+            (nothing is delivered for that one).
+        """
+        now = time.time()
+        envelopes = self._run_policies(envelope)
+        if self.store_pool is not None and len(envelopes) > 1:
+            writers = [self.store_pool.spawn(self._write, env, now) for env in envelopes]
+            gevent.joinall(writers)
+            ids = [writer.get() for writer in writers]
+        else:
+            ids = [self._write(env, now) for env in envelopes]
+        if self.relay is not None:
+            for env, id_ in zip(envelopes, ids, strict=True):
+                if not isinstance(id_, QueueError):
+                    self._start_new(id_, env, now)
+        return list(zip(envelopes, ids, strict=True))
+
+    def _start_new(self, id_: str, envelope: Envelope, now: float) -> None:
+        if self._attempts.full():
+            # Never make the client wait for a relay slot: the scheduler
+            # dispatches it when one frees up.
+            self._add_queued(now, id_)
+            return
+        self._active.add(id_)
+        self._attempts.spawn(self._attempt, id_, envelope, 0)
+
+    # -- delivery attempts ---------------------------------------------------
+
+    def _add_queued(self, when: float, id_: str) -> None:
+        if id_ in self._active:
+            return  # the attempt in flight reschedules it when it finishes
+        self._schedule.add(id_, when)
+        self._wake.set()
+
+    def _release(self, id_: str, retry_at: float | None) -> None:
+        self._active.discard(id_)
+        if id_ in self._cancelled:
+            self._cancelled.discard(id_)
+        elif retry_at is not None:
+            self._add_queued(retry_at, id_)
+
+    def _dequeue(self, id_: str) -> None:
+        try:
+            envelope, attempts = self._store_call(self.store.get, id_)
+        except KeyError:
+            self._release(id_, None)  # removed meanwhile
+            return
+        except Exception:  # noqa: BLE001 - a storage fault must not lose the id
+            slimta_logging.log_exception(__name__, id=id_)
+            self._release(id_, time.time() + self.store_retry_delay)
+            return
+        self._attempt(id_, envelope, attempts)
+
+    def _attempt(self, id_: str, envelope: Envelope, attempts: int) -> None:
+        try:
+            recipients = list(envelope.recipients)
+            outcomes = self._call_relay(envelope, attempts, recipients)
+            if id_ in self._cancelled:
+                self._release(id_, None)
+                return
+            retry_at = self._settle(id_, envelope, recipients, outcomes)
+        except Exception:  # noqa: BLE001 - keep the id queued whatever went wrong
+            slimta_logging.log_exception(__name__, id=id_)
+            retry_at = time.time() + self.store_retry_delay
+        self._release(id_, retry_at)
+
+    def _call_relay(self, envelope: Envelope, attempts: int, recipients: list[str]) -> Outcomes:
+        relay = self.relay
+        attempt = getattr(relay, "_attempt", None) or getattr(relay, "attempt")  # noqa: B009
+        timer = Timeout(self.relay_timeout)
+        timer.start()
+        try:
+            result = attempt(envelope, attempts)
+        except RelayError as exc:
+            return classify(exc, recipients)
+        except Timeout as exc:
+            text = _TIMED_OUT if exc is timer else f"Unhandled delivery error: {exc!r}"
+            return classify(transient_reply(text), recipients)
+        except Exception as exc:  # noqa: BLE001 - a relay bug is a temporary failure
+            slimta_logging.log_exception(__name__)
+            return classify(transient_reply(f"Unhandled delivery error: {exc}"), recipients)
+        finally:
+            timer.cancel()
+        return classify(result, recipients)
+
+    def _next_delay(self, envelope: Envelope, attempts: int) -> float | None:
+        try:
+            delay = self.backoff(envelope, attempts)
+        except Exception:  # noqa: BLE001 - a broken backoff must not strand the message
+            slimta_logging.log_exception(__name__)
+            return ExponentialBackoff().delay(attempts)
+        if delay is None:
+            return None
+        try:
+            delay = float(delay)
+        except (TypeError, ValueError):
+            return self.store_retry_delay
+        return delay if math.isfinite(delay) and delay >= 0 else self.store_retry_delay
+
+    def _settle(
+        self, id_: str, envelope: Envelope, recipients: list[str], outcomes: Outcomes
+    ) -> float | None:
+        """Record an attempt's outcome; return when to retry, or ``None``."""
+        now = time.time()
+        permanent = list(outcomes.permanent)
+        transient = outcomes.transient
+        retry_at: float | None = None
+        if transient:
+            attempts = self._store_call(self.store.increment_attempts, id_)
+            retry_env = envelope
+            if len(transient) != len(recipients):
+                retry_env = envelope.copy([recipients[i] for i, _ in transient])
+            delay = self._next_delay(retry_env, attempts)
+            if delay is None:
+                permanent += [(i, Reply(r.code, f"{r.message}{_GAVE_UP}")) for i, r in transient]
+                transient = []
+            else:
+                retry_at = now + delay
+        unbounced = self._bounce(envelope, recipients, permanent)
+        if not transient and not unbounced:
+            self._store_call(self.store.remove, id_)
+            self._last_errors.pop(id_, None)
+            return None
+        done = outcomes.delivered + [i for i, _ in permanent if i not in unbounced]
+        if done:
+            self._store_call(self.store.set_recipients_delivered, id_, sorted(done))
+        if retry_at is None:
+            retry_at = now + self.store_retry_delay  # only bounces failed to store
+        first = transient[0][1] if transient else Reply("451", "4.3.0 Bounce could not be queued")
+        error = f"{first.code} {first.message}"
+        self._last_errors[id_] = error
+        self._store_call(self.store.set_last_error, id_, error)
+        self._store_call(self.store.set_timestamp, id_, retry_at)
+        return retry_at
+
+    def _bounce(
+        self, envelope: Envelope, recipients: list[str], failures: list[tuple[int, Reply]]
+    ) -> set[int]:
+        """Store a bounce per distinct reply; return the indexes not bounced."""
+        if not failures or not envelope.sender:
+            return set()  # nothing failed, or a null sender: never bounce a bounce
+        unbounced: set[int] = set()
+        for reply, indexes in group_by_reply(failures):
+            failed_env = envelope
+            if len(indexes) != len(recipients):
+                failed_env = envelope.copy([recipients[i] for i in indexes])
+            try:
+                bounce = self.bounce_factory(failed_env, reply)
+                if bounce is None:
+                    continue
+                results = self.bounce_queue.enqueue(bounce)
+            except Exception:  # noqa: BLE001 - keep the recipients queued instead
+                slimta_logging.log_exception(__name__)
+                unbounced.update(indexes)
+                continue
+            if not results or any(isinstance(res, BaseException) for _, res in results):
+                unbounced.update(indexes)
+        return unbounced
+
+    # -- the scheduler greenlet ----------------------------------------------
+
+    def _load_all(self) -> None:
+        while True:
+            try:
+                entries = list(self._store_call(self.store.load))
+            except Exception:  # noqa: BLE001 - retry until storage is readable
+                slimta_logging.log_exception(__name__)
+                gevent.sleep(self.store_retry_delay)
+                continue
+            for when, id_ in entries:
+                self._add_queued(when, id_)
+            return
+
+    def _wait_store(self) -> None:
+        while True:
+            pause = 0.1  # a wait() that returns nothing at once is polled gently
+            try:
+                entries = self.store.wait()
+                if entries is None:
+                    return
+                for when, id_ in entries:
+                    self._add_queued(when, id_)
+                    pause = 0.0
+            except NotImplementedError:
+                return  # a 4.0-style backend without wait()
+            except Exception:  # noqa: BLE001 - keep listening after a storage fault
+                slimta_logging.log_exception(__name__)
+                pause = self.store_retry_delay
+            gevent.sleep(pause)
+
+    def _dispatch_due(self) -> None:
+        now = time.time()
+        while self._schedule.has_due(now):
+            if self._attempts.full():
+                self._attempts.wait_available()
+                now = time.time()
+                continue
+            id_ = self._schedule.pop_due(now)
+            if id_ is None:  # pragma: no cover - has_due said otherwise
+                break
+            self._active.add(id_)
+            self._attempts.spawn(self._dequeue, id_)
+
+    def _run(self) -> None:
+        if self.relay is None:
+            return
+        self._helpers = [gevent.spawn(self._load_all), gevent.spawn(self._wait_store)]
+        while True:
+            try:
+                self._wake.clear()
+                self._dispatch_due()
+                first = self._schedule.next_time()
+                self._wake.wait(None if first is None else max(0.0, first - time.time()))
+            except Exception:  # noqa: BLE001 - the scheduler must never die
+                slimta_logging.log_exception(__name__)
+                gevent.sleep(0.1)
+
+    def flush(self) -> None:
+        """Make every waiting envelope due now, ignoring its retry time."""
+        self._schedule.flush(time.time())
+        self._wake.set()
+
+    def kill(
+        self,
+        exception: type[BaseException] | BaseException = GreenletExit,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Stop the scheduler.
+
+        Attempts already in flight run to the end (at most
+        :attr:`relay_timeout`) and record their outcome in storage.
+
+        Args:
+            exception: As for :meth:`gevent.Greenlet.kill`.
+            block: Wait for the scheduler to end.
+            timeout: The longest wait when ``block`` is true.
+        """
+        for helper in self._helpers:
+            helper.kill(block=False)
+        super().kill(exception, block, timeout)
