@@ -374,7 +374,7 @@ class Bounce(Envelope):
             "client_name": _clean(client.get("name")),
             "client_ip": _clean(client.get("ip")),
             "protocol": _clean(client.get("protocol")),
-            "code": _clean(reply.code if reply else None, 3),
+            "code": (reply.code if reply else None) or "",
             "message": self._reply_text(reply),
             "content_type": "text/rfc822-headers" if self.headers_only else "message/rfc822",
             "content_description": "Header section of the original message"
