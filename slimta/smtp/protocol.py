@@ -469,6 +469,8 @@ class ServerConnection:
         self.phase = Phase.CONNECTED
         self.ehlo_as = None
         self.extended = False
+        # RFC 3207 4.2: knowledge from before TLS, AUTH included, is discarded.
+        self.authenticated = False
         self._buf.clear()
         self._scan_from = 0
 
@@ -718,7 +720,8 @@ class ServerConnection:
         if "AUTH" not in self.extensions or not self.auth_mechanisms:
             self._refuse("500", "5.5.2 Syntax error, command unrecognized")
             return None
-        if self.phase is not Phase.IDLE or self.authenticated:
+        # RFC 4954 4: AUTH needs an EHLO session and no open transaction.
+        if self.phase is not Phase.IDLE or self.authenticated or not self.extended:
             self._refuse("503", "5.5.1 Bad sequence of commands")
             return None
         mechanism, _, initial = arg.partition(" ")
@@ -743,6 +746,13 @@ class ServerConnection:
         if text == "*":
             # RFC 4954 4: the client cancelled the exchange.
             self.mode = InputMode.COMMAND
+            # A cancelled exchange counts as a failed attempt, so a client
+            # cannot probe passwords for free by cancelling.
+            self.auth_failures += 1
+            if self.auth_failures >= self.limits.max_auth_failures:
+                self._queue(_reply("501", "5.7.0 Authentication cancelled"))
+                self._queue(_reply("421", "4.7.0 Too many failed authentication attempts"))
+                return None
             self._refuse("501", "5.7.0 Authentication cancelled")
             return None
         return AuthResponse(text)
@@ -873,8 +883,6 @@ class ServerConnection:
             self._apply_auth(code)
             return
         if not ok:
-            if isinstance(event, StartTls | Data):
-                return
             self._check_error_limit()
             return
         _, next_phase = TRANSITIONS.get(type(event), (frozenset(), None))

@@ -925,6 +925,51 @@ def test_auth_failures_limit(failures: int) -> None:
         assert not driver.of(Noop)
 
 
+def test_auth_after_helo_is_503() -> None:
+    driver = check_every_split(b"HELO client.test\r\nAUTH CRAM-MD5\r\n")
+    assert driver.codes()[-1] == BAD_SEQUENCE
+    assert not driver.of(Auth)
+
+
+@pytest.mark.parametrize("cancels", [2, 3])
+def test_auth_cancel_counts_as_failure(cancels: int) -> None:
+    limits = SmtpLimits(max_auth_failures=3)
+    script = EHLO + b"AUTH LOGIN\r\n*\r\n" * cancels + b"NOOP\r\n"
+    driver = check_every_split(script, factory(limits, encrypted=True, answer=_login_answer))
+    assert driver.conn.auth_failures == cancels
+    if cancels < 3:
+        assert driver.codes()[-1] == OK
+    else:
+        assert driver.conn.closed
+        assert driver.codes()[-2:] == [SYNTAX_ARGS, SHUTTING_DOWN]
+
+
+def test_authentication_forgotten_after_starttls() -> None:
+    # RFC 3207 4.2: what the client proved before TLS no longer counts.
+    driver = factory()()
+    driver.drain()
+    driver.feed(EHLO + b"AUTH CRAM-MD5\r\n")
+    assert driver.conn.authenticated
+    driver.feed(b"STARTTLS\r\n")
+    assert not driver.conn.authenticated
+    driver.feed(EHLO + b"AUTH CRAM-MD5\r\n")
+    assert driver.of(Auth) == [Auth("CRAM-MD5", None), Auth("CRAM-MD5", None)]
+
+
+def _refuse_data(event: Event) -> Reply | None:
+    if isinstance(event, Data):
+        return Reply("554", "5.7.1 No thanks")
+    return None
+
+
+def test_driver_refusals_reach_the_error_limit() -> None:
+    limits = SmtpLimits(max_errors=3)
+    one = b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nRSET\r\n"
+    driver = check_every_split(EHLO + one * 3, factory(limits, answer=_refuse_data))
+    assert driver.conn.closed
+    assert driver.codes()[-2:] == ["554", SHUTTING_DOWN]
+
+
 # -- limits --------------------------------------------------------------------------
 
 
