@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -133,6 +134,8 @@ class Server:
             self.auth_mechanisms = names
             self.extensions.add("AUTH", " ".join(names))
         self.conn: ServerConnection | None = None
+        # When the data of the current message must be complete (monotonic).
+        self._data_deadline: float | None = None
         self._auth_mechanism: ServerMechanism | None = None
 
     @property
@@ -189,9 +192,24 @@ class Server:
             if conn.closed:
                 self.io.send(conn.data_to_send())
                 return
+            if not isinstance(event, Bdat) or event.last:
+                # The data deadline (see _recv) spans one message: DATA's
+                # content, or every BDAT chunk up to LAST.
+                self._data_deadline = None
 
     def _recv(self, conn: ServerConnection) -> bytes:
-        timeout = self.data_timeout if conn.in_data else self.command_timeout
+        timeout = self.command_timeout
+        if conn.in_data:
+            # Fix: data_timeout bounds the whole of a message's data, as
+            # documented, not each read: a client trickling one octet per
+            # read used to keep the session alive for ever (slowloris).
+            now = time.monotonic()
+            if self._data_deadline is None:
+                self._data_deadline = now + self.data_timeout
+            timeout = self._data_deadline - now
+            if timeout <= 0:
+                self._send_timeout()
+                raise ConnectionLost("Timed out waiting for the client")
         try:
             with Timeout(timeout):
                 return self.io.recv()
