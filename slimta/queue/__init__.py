@@ -37,6 +37,7 @@ import importlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -277,7 +278,10 @@ class Queue(InspectionMixin, _GreenletBase):
         self.relay_pool = _as_pool(relay_pool)
         self.relay_timeout = relay_timeout
         self.queue_policies: list[Any] = []
-        self._attempts: Group = self.relay_pool if self.relay_pool is not None else Group()
+        # Delivery workers take (id, envelope or None, attempts) from _ready.
+        self._workers: Group = self.relay_pool if self.relay_pool is not None else Group()
+        self._ready: deque[tuple[str, Envelope | None, int]] = deque()
+        self._spare = False  # a worker was spawned and has not taken work yet
         self._schedule = Schedule()
         self._active: set[str] = set()
         self._cancelled: set[str] = set()
@@ -358,19 +362,42 @@ class Queue(InspectionMixin, _GreenletBase):
         if self.relay is not None:
             for env, id_ in zip(envelopes, ids, strict=True):
                 if not isinstance(id_, QueueError):
-                    self._start_new(id_, env, now)
+                    self._start_new(id_, env)
         return list(zip(envelopes, ids, strict=True))
 
-    def _start_new(self, id_: str, envelope: Envelope, now: float) -> None:
-        if self._attempts.full():
-            # Never make the client wait for a relay slot: the scheduler
-            # dispatches it when one frees up.
-            self._add_queued(now, id_)
-            return
+    def _start_new(self, id_: str, envelope: Envelope) -> None:
         self._active.add(id_)
-        self._attempts.spawn(self._attempt, id_, envelope, 0)
+        self._hand_over(id_, envelope, 0)
 
     # -- delivery attempts ---------------------------------------------------
+
+    def _hand_over(self, id_: str, envelope: Envelope | None, attempts: int) -> None:
+        """Give an id (already in ``_active``) to the delivery workers."""
+        self._ready.append((id_, envelope, attempts))
+        self._ensure_worker()
+
+    def _ensure_worker(self) -> None:
+        # Keep one worker in reserve while work is waiting: a worker that
+        # blocks in the relay is then replaced at once (so attempts run
+        # concurrently, up to relay_pool), while a relay that never blocks
+        # lets one worker drain the whole backlog without a greenlet per
+        # message.  Nothing here waits for a free slot: a full pool's
+        # workers take the next item when they finish.
+        if self._spare or not self._ready or self._workers.full():
+            return
+        self._spare = True
+        self._workers.spawn(self._work)
+
+    def _work(self) -> None:
+        self._spare = False
+        ready = self._ready
+        while ready:
+            id_, envelope, attempts = ready.popleft()
+            self._ensure_worker()
+            if envelope is None:
+                self._dequeue(id_)
+            else:
+                self._attempt(id_, envelope, attempts)
 
     def _add_queued(self, when: float, id_: str) -> None:
         if id_ in self._active:
@@ -402,15 +429,20 @@ class Queue(InspectionMixin, _GreenletBase):
             recipients = list(envelope.recipients)
             outcomes = self._call_relay(envelope, attempts, recipients)
             if id_ in self._cancelled:
-                self._release(id_, None)
-                return
-            retry_at = self._settle(id_, envelope, recipients, outcomes)
+                retry_at = None
+            elif outcomes is None:  # the common case: all delivered
+                self._store_call(self.store.remove, id_)
+                self._last_errors.pop(id_, None)
+                retry_at = None
+            else:
+                retry_at = self._settle(id_, envelope, recipients, outcomes)
         except Exception:  # noqa: BLE001 - keep the id queued whatever went wrong
             slimta_logging.log_exception(__name__, id=id_)
             retry_at = time.time() + self.store_retry_delay
         self._release(id_, retry_at)
 
-    def _call_relay(self, envelope: Envelope, attempts: int, recipients: list[str]) -> Outcomes:
+    def _call_relay(self, envelope: Envelope, attempts: int, recipients: list[str]) -> Outcomes | None:
+        """Attempt delivery; ``None`` means every recipient was delivered."""
         relay = self.relay
         attempt = getattr(relay, "_attempt", None) or getattr(relay, "attempt")  # noqa: B009
         timer = Timeout(self.relay_timeout)
@@ -427,6 +459,8 @@ class Queue(InspectionMixin, _GreenletBase):
             return classify(transient_reply(f"Unhandled delivery error: {exc}"), recipients)
         finally:
             timer.cancel()
+        if result is None or (isinstance(result, Reply) and (result.code or "")[:1] == "2"):
+            return None
         return classify(result, recipients)
 
     def _next_delay(self, envelope: Envelope, attempts: int) -> float | None:
@@ -536,16 +570,9 @@ class Queue(InspectionMixin, _GreenletBase):
 
     def _dispatch_due(self) -> None:
         now = time.time()
-        while self._schedule.has_due(now):
-            if self._attempts.full():
-                self._attempts.wait_available()
-                now = time.time()
-                continue
-            id_ = self._schedule.pop_due(now)
-            if id_ is None:  # pragma: no cover - has_due said otherwise
-                break
+        while (id_ := self._schedule.pop_due(now)) is not None:
             self._active.add(id_)
-            self._attempts.spawn(self._dequeue, id_)
+            self._hand_over(id_, None, 0)
 
     def _run(self) -> None:
         if self.relay is None:

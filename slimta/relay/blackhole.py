@@ -6,6 +6,7 @@ drop it.  Every attempt succeeds.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,13 @@ class BlackholeRelay(Relay):
     there is nothing for them to prepare.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        # A random prefix and a counter make unique delivery ids without
+        # the cost of a UUID per message.
+        self._prefix = uuid.uuid4().hex[:16]
+        self._counter = itertools.count(1)
+
     def _attempt(self, envelope: Envelope, attempts: int) -> Reply:
         return self.attempt(envelope, attempts)
 
@@ -36,6 +44,6 @@ class BlackholeRelay(Relay):
             attempts: Ignored.
 
         Returns:
-            A ``250 2.0.0`` reply naming a random delivery identifier.
+            A ``250 2.0.0`` reply naming a unique delivery identifier.
         """
-        return Reply("250", f"2.0.0 Message Delivered; {uuid.uuid4().hex}")
+        return Reply("250", f"2.0.0 Message Delivered; {self._prefix}{next(self._counter):016x}")

@@ -29,6 +29,14 @@ def wait_until(cond, timeout: float = 3.0, what: str = "condition") -> None:
         gevent.sleep(0.002)
 
 
+def meta(storage: DictStorage, id_: str) -> dict[str, Any]:
+    """The metadata DictStorage keeps for ``id_`` as a dict ({} if gone)."""
+    if id_ not in storage.meta_db:
+        return {}
+    timestamp, attempts, last_error = storage._meta(id_)
+    return {"timestamp": timestamp, "attempts": attempts, "last_error": last_error}
+
+
 class ScriptedRelay(Relay):
     """Returns (or raises) the next scripted item per attempt; records calls.
 

@@ -28,7 +28,7 @@ def test_uses_the_given_dicts():
     storage = DictStorage(envs, metas)
     id_ = storage.write(make_envelope(), 5.0)
     assert id_ in envs
-    assert metas[id_] == {"timestamp": 5.0, "attempts": 0}
+    assert metas[id_] == (5.0, 0)
     assert storage.get_info() == {"size": 1, "meta_size": 1}
 
 
@@ -52,5 +52,15 @@ def test_last_error_is_kept_in_meta():
     storage = DictStorage()
     id_ = storage.write(make_envelope(), 1.0)
     storage.set_last_error(id_, "450 4.0.0 nope")
-    assert storage.meta_db[id_]["last_error"] == "450 4.0.0 nope"
+    assert storage.meta_db[id_] == (1.0, 0, "450 4.0.0 nope")
     assert next(iter(storage.inspect())).last_error == "450 4.0.0 nope"
+
+
+def test_reads_python_slimta_dict_metadata():
+    env = make_envelope()
+    storage = DictStorage({"abc": env}, {"abc": {"timestamp": 7.0, "attempts": 2}})
+    assert list(storage.load()) == [(7.0, "abc")]
+    assert storage.get("abc") == (env, 2)
+    assert storage.increment_attempts("abc") == 3
+    storage.set_timestamp("abc", 8.0)
+    assert list(storage.load()) == [(8.0, "abc")]

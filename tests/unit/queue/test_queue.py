@@ -14,7 +14,7 @@ from slimta.queue.dict import DictStorage
 from slimta.relay import PermanentRelayError, RelayError, TransientRelayError
 from slimta.smtp.reply import Reply
 
-from .helpers import RecordingStorage, ScriptedRelay, make_envelope, wait_until
+from .helpers import RecordingStorage, ScriptedRelay, make_envelope, meta, wait_until
 
 FAST = lambda envelope, attempts: 0.01  # noqa: E731 - retry almost at once
 
@@ -216,9 +216,9 @@ def test_timeout_reply_is_recorded_as_last_error(queues):
     relay = ScriptedRelay(["hang"])
     queue = start(queues, storage, relay, backoff=lambda e, a: 3600, relay_timeout=0.02)
     [(_, id_)] = queue.enqueue(make_envelope())
-    wait_until(lambda: storage.meta_db.get(id_, {}).get("attempts") == 1)
-    assert "timed out" in storage.meta_db[id_]["last_error"]
-    assert storage.meta_db[id_]["last_error"].startswith("450 4.")
+    wait_until(lambda: meta(storage, id_).get("attempts") == 1)
+    assert "timed out" in meta(storage, id_)["last_error"]
+    assert meta(storage, id_)["last_error"].startswith("450 4.")
 
 
 def test_broken_backoff_does_not_lose_the_message(queues):
@@ -228,8 +228,8 @@ def test_broken_backoff_does_not_lose_the_message(queues):
     storage = DictStorage()
     queue = start(queues, storage, ScriptedRelay([TransientRelayError("x")]), backoff=backoff)
     [(_, id_)] = queue.enqueue(make_envelope())
-    wait_until(lambda: storage.meta_db.get(id_, {}).get("attempts") == 1)
-    assert storage.meta_db[id_]["timestamp"] > time.time() + 200
+    wait_until(lambda: meta(storage, id_).get("attempts") == 1)
+    assert meta(storage, id_)["timestamp"] > time.time() + 200
 
 
 def test_storage_error_after_an_attempt_reschedules(queues):
@@ -272,8 +272,8 @@ def test_retry_time_is_written_to_storage(queues):
     storage = DictStorage()
     queue = start(queues, storage, ScriptedRelay([TransientRelayError("x")]), backoff=lambda e, a: 1000)
     [(_, id_)] = queue.enqueue(make_envelope())
-    wait_until(lambda: storage.meta_db[id_]["attempts"] == 1)
-    assert storage.meta_db[id_]["timestamp"] == pytest.approx(time.time() + 1000, abs=5)
+    wait_until(lambda: meta(storage, id_)["attempts"] == 1)
+    assert meta(storage, id_)["timestamp"] == pytest.approx(time.time() + 1000, abs=5)
 
 
 def test_retries_survive_a_restart(queues):
@@ -282,7 +282,7 @@ def test_retries_survive_a_restart(queues):
         queues, DictStorage(envs, metas), ScriptedRelay(default=TransientRelayError("down")), backoff=FAST
     )
     [(_, id_)] = first.enqueue(make_envelope())
-    wait_until(lambda: metas[id_]["attempts"] >= 1)
+    wait_until(lambda: meta(DictStorage(envs, metas), id_)["attempts"] >= 1)
     first.kill()
     gevent.sleep(0.02)
     assert id_ in envs
@@ -298,7 +298,9 @@ def test_flush_retries_everything_now(queues):
     queue = start(queues, storage, relay, backoff=lambda e, a: 3600)
     queue.enqueue(make_envelope(rcpts=["a@t"]))
     queue.enqueue(make_envelope(rcpts=["b@t"]))
-    wait_until(lambda: all(m["attempts"] == 1 for m in storage.meta_db.values()) and len(relay.calls) == 2)
+    wait_until(
+        lambda: all(meta(storage, i)["attempts"] == 1 for i in storage.meta_db) and len(relay.calls) == 2
+    )
     gevent.sleep(0.02)
     assert len(storage.env_db) == 2
     queue.flush()
@@ -442,7 +444,7 @@ def test_original_kept_when_the_bounce_cannot_be_stored(queues):
     gevent.sleep(0.02)
     assert id_ in storage.env_db
     assert ("remove", id_) not in storage.ops
-    assert storage.meta_db[id_]["timestamp"] > time.time() + 3000
+    assert meta(storage, id_)["timestamp"] > time.time() + 3000
 
 
 def test_null_sender_is_never_bounced(queues):
@@ -518,7 +520,7 @@ def test_inspect_counts_remove_and_retry(queues):
     relay = ScriptedRelay([TransientRelayError("busy")], default=held)
     queue = start(queues, storage, relay, backoff=lambda e, a: 3600)
     [(_, deferred)] = queue.enqueue(make_envelope(rcpts=["d@t"]))
-    wait_until(lambda: storage.meta_db[deferred]["attempts"] == 1)
+    wait_until(lambda: meta(storage, deferred)["attempts"] == 1)
     [(_, _active)] = queue.enqueue(make_envelope(rcpts=["a@t"]))
     queue.store.write(make_envelope(rcpts=["q@t"]), time.time() + 600)  # stored, not yet due
     gevent.sleep(0.01)
