@@ -73,7 +73,9 @@ class EdgeServer(Edge, gevent.Greenlet):  # type: ignore[type-arg]
     ) -> None:
         Edge.__init__(self, queue, hostname)
         gevent.Greenlet.__init__(self)
-        spawn: Any = pool or "default"
+        # Fix: an empty Pool has len() 0 and is falsy, so "pool or ..." fell
+        # back to an unbounded spawn and ignored the user's pool.
+        spawn: Any = pool if pool is not None else "default"
         kwargs: dict[str, Any] = {"spawn": spawn}
         if isinstance(listener, tuple):
             kwargs["backlog"] = LISTEN_BACKLOG

@@ -258,13 +258,15 @@ class Server:
     # -- one method per event -------------------------------------------------------
 
     def _on_greeting(self, event: Greeting) -> None:
-        reply = Reply("220", "ESMTP server ready")
+        # Fix: RFC 5321 4.2 greeting grammar puts our domain first
+        # ("220 " Domain [SP text]); so do the EHLO/HELO replies (4.1.1.1).
+        reply = Reply("220", f"{self.hostname} ESMTP server ready")
         reply.enhanced_status_code = False
         self._call("BANNER_", reply)
         self._reply(reply)
 
     def _on_ehlo(self, event: Ehlo) -> None:
-        reply = Reply("250", f"Hello {event.hostname}")
+        reply = Reply("250", f"{self.hostname} Hello {event.hostname}")
         reply.enhanced_status_code = False
         self._call("EHLO", reply, event.hostname)
         if reply.code == "250":
@@ -272,7 +274,7 @@ class Server:
         self._reply(reply)
 
     def _on_helo(self, event: Helo) -> None:
-        reply = Reply("250", f"Hello {event.hostname}")
+        reply = Reply("250", f"{self.hostname} Hello {event.hostname}")
         reply.enhanced_status_code = False
         self._call("HELO", reply, event.hostname)
         self._reply(reply)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import smtplib
+import socket
 
 import gevent
 import gevent.event
@@ -192,3 +194,54 @@ def test_rcpt_refused_by_hook_not_recorded(edge_factory):
         refused = client.sendmail("a@src.test", ["x@bad.test", "ok@dst.test"], MESSAGE)
         assert set(refused) == {"x@bad.test"}
     assert edge.queue.envelopes[0].recipients == ["ok@dst.test"]
+
+
+class ExplodingQueue(RecordingQueue):
+    def enqueue(self, envelope):
+        raise RuntimeError("storage exploded")
+
+
+def test_queue_exception_answers_421_and_is_logged_once(edge_factory, raw_client, caplog):
+    caplog.set_level(logging.DEBUG)
+    edge = edge_factory(queue=ExplodingQueue())
+    client = raw_client(edge.address)
+    client.send(b"EHLO c\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\nDATA\r\n")
+    assert client.codes(4) == [250, 250, 250, 354]
+    client.send(MESSAGE + b".\r\n")
+    code, text = client.reply()
+    assert code == 421
+    assert text.startswith(b"421 4.3.0")
+    assert client.closed_by_server()
+    gevent.sleep(0.05)
+    assert len([r for r in caplog.records if "storage exploded" in r.getMessage()]) == 1
+
+
+def test_banner_and_ehlo_start_with_hostname(edge, raw_client):
+    # RFC 5321 4.2 / 4.1.1.1: greeting = "220 " Domain ..., ehlo-ok-rsp = "250" SP Domain ...
+    client = raw_client(edge.address, banner=False)
+    assert client.reply()[1].startswith(b"220 " + HOSTNAME.encode() + b" ")
+    assert client.ehlo().startswith(b"250-" + HOSTNAME.encode())
+    client.send(b"HELO c.test\r\n")
+    assert client.expect(250).startswith(b"250 " + HOSTNAME.encode())
+
+
+def test_pool_bounds_sessions(edge_factory, raw_client):
+    from gevent.pool import Pool
+
+    edge = edge_factory(pool=Pool(1))
+    first = raw_client(edge.address)
+    second = raw_client(edge.address, banner=False, timeout=0.5)
+    with pytest.raises(TimeoutError):
+        second.reply()
+    first.send(b"QUIT\r\n")
+    first.expect(221)
+    second.sock.settimeout(5)
+    assert second.reply()[0] == 220
+
+
+def test_listener_socket(edge_factory, raw_client):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    edge = edge_factory(listener=sock)
+    raw_client(edge.address).ehlo()
