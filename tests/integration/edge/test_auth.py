@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import smtplib
 import time
 
@@ -204,3 +205,37 @@ def test_auth_cancel(auth_edge, raw_client, client_context):
     client.expect(334)
     client.send(b"*\r\nNOOP\r\n")
     assert client.codes(2) == [501, 250]
+
+
+def test_hash_verification_does_not_stall_other_sessions(edge_factory, client_context, stdlib_server_context):
+    import gevent
+
+    # A hash at default rounds costs ~0.4 s to verify: the server must do it
+    # off the hub, or every session stalls during each AUTH attempt.
+    costly = {"carol": sha512_crypt.hash("pw")}
+
+    def check(self, reply, creds):
+        start = time.monotonic()
+        if not creds.check_secret(costly.get(creds.authcid)):
+            reply.code = "535"
+        spent.append(time.monotonic() - start)
+
+    spent = []
+    edge = edge_factory(context=stdlib_server_context, auth=True, overrides={"auth": check})
+    ticks = []
+
+    def ticker():
+        while True:
+            ticks.append(time.monotonic())
+            gevent.sleep(0.01)
+
+    tick = gevent.spawn(ticker)
+    try:
+        with _tls_smtp(edge, client_context) as client:
+            client.esmtp_features["auth"] = "PLAIN"
+            assert client.login("carol", "pw")[0] == 235
+    finally:
+        tick.kill()
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert spent[0] > 0.1  # the verification is costly ...
+    assert max(gaps) < 0.1, (max(gaps), len(ticks))  # ... but must not stall the hub

@@ -258,3 +258,13 @@ def test_stdlib_context_is_really_stdlib(stdlib_server_context):
     # Guard for the fixture: under monkey-patching ssl.SSLContext is gevent's.
     assert type(stdlib_server_context) is gevent.monkey.get_original("ssl", "SSLContext")
     assert type(stdlib_server_context).__module__ == "ssl"
+
+
+def test_stalled_implicit_tls_is_closed(edge_factory, raw_client, stdlib_server_context):
+    edge = edge_factory(context=stdlib_server_context, tls_immediately=True, command_timeout=0.5)
+    client = raw_client(edge.address, banner=False)
+    start = time.monotonic()
+    assert client.closed_by_server(timeout=3)
+    assert client.buf == b""  # no cleartext banner on an implicit-TLS port
+    assert time.monotonic() - start < 0.5 + 1
+    assert edge.hooks() == []
