@@ -3,9 +3,12 @@
 * Hub-blocking guard: when the suite runs with ``GEVENT_MONITOR_THREAD_ENABLE``
   (``dev.py test`` sets it, with ``GEVENT_MAX_BLOCKING_TIME=0.5``), gevent's
   monitor thread reports every time something holds the hub for longer than
-  that.  Any such report during a test fails the test, so library code that
-  blocks (a synchronous DNS query, a blocking TLS handshake, a long fsync on
-  the hub) cannot slip in unnoticed.
+  that.  Any such report during an integration test (or one marked
+  ``hub_guard``) fails the test, so library code that blocks (a synchronous
+  DNS query, a blocking TLS handshake, a long fsync on the hub) cannot slip
+  in unnoticed.  Unit tests are sans-IO and CPU-bound by design: a long
+  hypothesis run there holds the hub without starving anything, so they are
+  not guarded.
 * ``require_tool``: tests that talk to a real external program (swaks,
   smtp-source, redis-server) skip when it is missing on a developer's machine
   but fail under CI, where ``.ci/run`` installs them.
@@ -36,6 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:  # pragma: no cover
         return
     config.addinivalue_line("markers", "allow_hub_block: this test blocks the hub on purpose")
+    config.addinivalue_line("markers", "hub_guard: fail this (unit) test if the gevent hub is blocked")
     events.subscribers.append(_on_gevent_event)
 
 
@@ -44,6 +48,9 @@ def _fail_if_hub_blocked(request: pytest.FixtureRequest) -> Iterator[None]:
     _blocked_reports.clear()
     yield
     if request.node.get_closest_marker("allow_hub_block"):
+        return
+    guarded = "integration" in request.node.path.parts or request.node.get_closest_marker("hub_guard")
+    if not guarded:
         return
     if _blocked_reports:
         first = _blocked_reports[0]

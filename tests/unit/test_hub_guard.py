@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.timeout(60)
 def test_blocking_the_hub_fails_the_test(tmp_path: Path) -> None:
-    probe = tmp_path / "test_probe.py"
+    # The guard applies to integration tests (and tests marked hub_guard).
+    (tmp_path / "integration").mkdir()
+    probe = tmp_path / "integration" / "test_probe.py"
     probe.write_text(
         textwrap.dedent(
             """
