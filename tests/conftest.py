@@ -43,14 +43,24 @@ def pytest_configure(config: pytest.Config) -> None:
     events.subscribers.append(_on_gevent_event)
 
 
+_previous_test_guarded = True
+
+
 @pytest.fixture(autouse=True)
 def _fail_if_hub_blocked(request: pytest.FixtureRequest) -> Iterator[None]:
+    global _previous_test_guarded
+    guarded = bool("integration" in request.node.path.parts or request.node.get_closest_marker("hub_guard"))
+    if guarded and not _previous_test_guarded:
+        # An unguarded, CPU-bound test may have held the hub just before; the
+        # monitor thread reports that up to one period later.  Let it, and
+        # forget it, so it is not blamed on this test.
+        import gevent
+
+        gevent.sleep(float(os.environ.get("GEVENT_MAX_BLOCKING_TIME", "0.1")) + 0.1)
+    _previous_test_guarded = guarded
     _blocked_reports.clear()
     yield
-    if request.node.get_closest_marker("allow_hub_block"):
-        return
-    guarded = "integration" in request.node.path.parts or request.node.get_closest_marker("hub_guard")
-    if not guarded:
+    if not guarded or request.node.get_closest_marker("allow_hub_block"):
         return
     if _blocked_reports:
         first = _blocked_reports[0]
