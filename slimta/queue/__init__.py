@@ -15,6 +15,12 @@ Theory of operation:
   in flight).  Only the greenlet that moved it into the active set may move
   it out, so however many enqueues, flushes, loads and retries race, each
   stored envelope has at most one attempt in flight per process.
+* **Workers.**  Ids ready for an attempt (new, or due from the timetable)
+  go on a ready list served by worker greenlets, at most ``relay_pool`` of
+  them.  One spare worker is kept while work waits, so a relay that blocks
+  gets concurrency and a relay that never blocks costs no greenlet per
+  message.  Neither :meth:`Queue.enqueue` nor the scheduler ever waits for
+  a free worker.
 * **Recipients.**  A relay may report each recipient separately.  Delivered
   recipients are recorded with :meth:`QueueStorage.set_recipients_delivered`
   and are not attempted again; permanently failed ones are bounced (one
@@ -281,7 +287,7 @@ class Queue(InspectionMixin, _GreenletBase):
         # Delivery workers take (id, envelope or None, attempts) from _ready.
         self._workers: Group = self.relay_pool if self.relay_pool is not None else Group()
         self._ready: deque[tuple[str, Envelope | None, int]] = deque()
-        self._spare = False  # a worker was spawned and has not taken work yet
+        self._spare: Greenlet[..., Any] | None = None  # spawned, no work taken yet
         self._schedule = Schedule()
         self._active: set[str] = set()
         self._cancelled: set[str] = set()
@@ -383,13 +389,13 @@ class Queue(InspectionMixin, _GreenletBase):
         # lets one worker drain the whole backlog without a greenlet per
         # message.  Nothing here waits for a free slot: a full pool's
         # workers take the next item when they finish.
-        if self._spare or not self._ready or self._workers.full():
+        spare = self._spare
+        if (spare is not None and not spare.dead) or not self._ready or self._workers.full():
             return
-        self._spare = True
-        self._workers.spawn(self._work)
+        self._spare = self._workers.spawn(self._work)
 
     def _work(self) -> None:
-        self._spare = False
+        self._spare = None
         ready = self._ready
         while ready:
             id_, envelope, attempts = ready.popleft()
