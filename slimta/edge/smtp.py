@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from slimta import logging as slimta_logging
+from slimta.bounce.dsn import DsnError, parse_mail_params, parse_rcpt_params, set_dsn, set_recipient_dsn
 from slimta.envelope import Envelope
 from slimta.smtp import ConnectionLost, MessageTooBig, SmtpError
 from slimta.smtp.server import Server
@@ -160,14 +161,30 @@ class SmtpSession:
         self.envelope = None
 
     def MAIL(self, reply: Any, address: str, params: dict[str, Any]) -> None:
+        try:
+            dsn = parse_mail_params(_dsn_params(params, ("RET", "ENVID")))
+        except DsnError as exc:
+            reply.code = "501"
+            reply.message = f"5.5.4 {exc}"
+            return
         self._call_validator("mail", reply, address, params)
         if reply.code == "250":
             self.envelope = Envelope(sender=address)
+            if dsn.ret is not None or dsn.envid is not None:
+                set_dsn(self.envelope, dsn)
 
     def RCPT(self, reply: Any, address: str, params: dict[str, Any]) -> None:
+        try:
+            rcpt_dsn = parse_rcpt_params(_dsn_params(params, ("NOTIFY", "ORCPT")))
+        except DsnError as exc:
+            reply.code = "501"
+            reply.message = f"5.5.4 {exc}"
+            return
         self._call_validator("rcpt", reply, address, params)
         if reply.code == "250" and self.envelope is not None:
             self.envelope.recipients.append(address)
+            if rcpt_dsn is not None:
+                set_recipient_dsn(self.envelope, address, rcpt_dsn)
 
     def DATA(self, reply: Any) -> None:
         self._call_validator("data", reply)
@@ -219,6 +236,11 @@ class SmtpSession:
         reply.message = f"2.6.0 Message accepted for delivery (queued as {ids})" if ids else None
         if not ids:
             reply.message = "2.6.0 Message accepted for delivery"
+
+
+def _dsn_params(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str | None]:
+    """The RFC 3461 parameters among ``params`` (the core gives True for a bare keyword)."""
+    return {key: (None if value is True else value) for key, value in params.items() if key in keys}
 
 
 class SmtpEdge(EdgeServer):
@@ -281,6 +303,9 @@ class SmtpEdge(EdgeServer):
             data_timeout=self.data_timeout,
         )
         server.hostname = self.hostname
+        # SmtpSession keeps RFC 3461 requests with the envelope; the queue and
+        # the bounces honour them.
+        server.extensions.add("DSN")
         if self.max_size:
             server.extensions.add("SIZE", self.max_size)
         try:

@@ -41,7 +41,7 @@ class LogLineError(SlimtaError, ValueError):
 
     It is a :class:`ValueError` as well, as the 4.0 ``parseline`` promised.
 
-    .. versionadded:: 5.0
+    .. versionadded:: 0.1.0
     """
 
 

@@ -18,7 +18,7 @@ __all__ = ["HttpLogger"]
 
 #: Header names (lower case) whose values are never logged.
 #:
-#: .. versionadded:: 5.0
+#: .. versionadded:: 0.1.0
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 _REDACTED = "<redacted>"

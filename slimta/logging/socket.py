@@ -209,7 +209,7 @@ class SocketLogger:
     #: ``send``/``recv`` payloads longer than this many bytes are cut short
     #: in the log, which then also carries ``truncated=<full length>``.
     #:
-    #: .. versionadded:: 5.0
+    #: .. versionadded:: 0.1.0
     data_limit = 1024
 
     def __init__(self, logger: logging.Logger) -> None:
@@ -260,7 +260,7 @@ class SocketLogger:
         while ``DEBUG`` is disabled, so credentials stay out of the log if it
         is enabled mid-exchange.
 
-        .. versionadded:: 5.0
+        .. versionadded:: 0.1.0
 
         Args:
             socket: The socket carrying the exchange.
@@ -270,7 +270,7 @@ class SocketLogger:
     def auth_end(self, socket: _Socket) -> None:
         """End the AUTH exchange started on ``socket``.
 
-        .. versionadded:: 5.0
+        .. versionadded:: 0.1.0
 
         Args:
             socket: The socket carrying the exchange.

@@ -34,7 +34,7 @@ class SubprocessLogger:
     #: ``str``/``bytes`` values given to :meth:`stdio` longer than this are
     #: cut short in the log (a message body need not be logged whole).
     #:
-    #: .. versionadded:: 5.0
+    #: .. versionadded:: 0.1.0
     data_limit = 1024
 
     def __init__(self, log: logging.Logger) -> None:

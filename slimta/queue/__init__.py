@@ -53,6 +53,7 @@ from gevent.event import Event
 from gevent.pool import Group, Pool
 
 from slimta import logging as slimta_logging
+from slimta.bounce.dsn import recipients_to_notify
 from slimta.core import SlimtaError
 from slimta.queue._backoff import ExponentialBackoff
 from slimta.queue._inspect import InspectionMixin, QueueEntry
@@ -180,14 +181,14 @@ class QueueStorage:
     def set_last_error(self, id: str, error: str) -> None:  # noqa: A002 - matches the other methods
         """Remember why the last attempt for ``id`` failed (for inspection).
 
-        .. versionadded:: 5.0 (not in python-slimta).  The default keeps
+        .. versionadded:: 0.1.0 (not in python-slimta).  The default keeps
         nothing.
         """
 
     def inspect(self) -> Iterator[QueueEntry]:
         """List every stored envelope with its queue metadata.
 
-        .. versionadded:: 5.0 (not in python-slimta).  The default is built
+        .. versionadded:: 0.1.0 (not in python-slimta).  The default is built
         on :meth:`load` and :meth:`get`; backends may do it more cheaply.
         """
         for timestamp, id_ in list(self.load()):
@@ -527,9 +528,14 @@ class Queue(InspectionMixin, _GreenletBase):
             return set()  # nothing failed, or a null sender: never bounce a bounce
         unbounced: set[int] = set()
         for reply, indexes in group_by_reply(failures):
+            # RFC 3461: a recipient given NOTIFY=NEVER (or a NOTIFY without
+            # FAILURE) gets no failure notice; it is still done with.
+            notify = recipients_to_notify(envelope, [recipients[i] for i in indexes], "failed")
+            if not notify:
+                continue
             failed_env = envelope
-            if len(indexes) != len(recipients):
-                failed_env = envelope.copy([recipients[i] for i in indexes])
+            if len(notify) != len(recipients):
+                failed_env = envelope.copy(notify)
             try:
                 bounce = self.bounce_factory(failed_env, reply)
                 if bounce is None:

@@ -23,7 +23,7 @@ class ExponentialBackoff:
     python-slimta's default gives up at the first temporary failure; pass
     ``backoff=lambda envelope, attempts: None`` to :class:`Queue` for that.
 
-    .. versionadded:: 5.0 (not in python-slimta).
+    .. versionadded:: 0.1.0 (not in python-slimta).
 
     Args:
         initial: Seconds before the first retry.

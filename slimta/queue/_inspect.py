@@ -27,7 +27,7 @@ __all__ = ["InspectionMixin", "QueueEntry"]
 class QueueEntry:
     """One queued envelope, as listed by :meth:`Queue.inspect`.
 
-    .. versionadded:: 5.0 (not in python-slimta).
+    .. versionadded:: 0.1.0 (not in python-slimta).
 
     Attributes:
         id: The storage id.
@@ -66,7 +66,7 @@ class InspectionMixin:
     def inspect(self) -> list[QueueEntry]:
         """List the queued envelopes with their state.
 
-        .. versionadded:: 5.0 (not in python-slimta).
+        .. versionadded:: 0.1.0 (not in python-slimta).
 
         Returns:
             One :class:`QueueEntry` per stored envelope, soonest first.
@@ -89,7 +89,7 @@ class InspectionMixin:
     def counts(self) -> dict[str, int]:
         """Count the queued envelopes by state.
 
-        .. versionadded:: 5.0 (not in python-slimta).
+        .. versionadded:: 0.1.0 (not in python-slimta).
 
         Returns:
             ``{'queued': n, 'deferred': n, 'active': n, 'total': n}``.
@@ -105,7 +105,7 @@ class InspectionMixin:
         An attempt already in flight is not interrupted, but its outcome is
         not recorded (no retry, no bounce).
 
-        .. versionadded:: 5.0 (not in python-slimta).
+        .. versionadded:: 0.1.0 (not in python-slimta).
 
         Returns:
             Whether ``id`` was queued.
@@ -125,7 +125,7 @@ class InspectionMixin:
     def retry(self, id: str) -> bool:  # noqa: A002 - same name as QueueStorage methods
         """Attempt delivery of ``id`` now instead of at its scheduled time.
 
-        .. versionadded:: 5.0 (not in python-slimta).
+        .. versionadded:: 0.1.0 (not in python-slimta).
 
         Returns:
             Whether ``id`` is queued (an attempt already in flight counts).

@@ -297,7 +297,7 @@ class Client:
     def send_bdat(self, *parts: bytes) -> Reply:
         """Send the message with one ``BDAT n LAST`` (RFC 3030 CHUNKING).
 
-        .. versionadded:: 0.1
+        .. versionadded:: 0.1.0
         """
         reply = self._new_reply("BDAT")
         self.core.bdat(canonical_line_endings(*parts), True, reply)

@@ -17,7 +17,7 @@ from .conftest import HOSTNAME, QueueRefused, RecordingQueue
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(10)]
 
 MESSAGE = b"From: a@src.test\r\nSubject: hello\r\n\r\nline one\r\nline two\r\n"
-BASE_EXTENSIONS = {"pipelining", "8bitmime", "enhancedstatuscodes", "smtputf8", "chunking", "size"}
+BASE_EXTENSIONS = {"pipelining", "8bitmime", "enhancedstatuscodes", "smtputf8", "chunking", "size", "dsn"}
 
 
 def _smtp(edge, **kwargs) -> smtplib.SMTP:
