@@ -85,6 +85,10 @@ class SmtpSession:
         handoff: called with the finished envelope; returns the queue results.
     """
 
+    #: Messages with more ``Received`` headers than this are refused with
+    #: ``554 5.4.6`` (Postfix's ``hopcount_limit``).
+    max_hops = 50
+
     def __init__(
         self,
         address: Any,
@@ -214,6 +218,13 @@ class SmtpSession:
             slimta_logging.log_exception(__name__)
             reply.code = "554"
             reply.message = "5.6.0 Message could not be parsed"
+            return
+        hops = len(envelope.headers.get_all("Received") or ())
+        if hops > self.max_hops:
+            # RFC 5321 6.3: a message that has passed this many MTAs is
+            # looping; refuse it rather than pass it round again.
+            reply.code = "554"
+            reply.message = f"5.4.6 Too many hops ({hops} Received headers), probable mail loop"
             return
         results = self.handoff(envelope)
         self._queued_reply(reply, results)

@@ -245,3 +245,23 @@ def test_listener_socket(edge_factory, raw_client):
     sock.listen(16)
     edge = edge_factory(listener=sock)
     raw_client(edge.address).ehlo()
+
+
+@pytest.mark.parametrize(("hops", "accepted"), [(50, True), (51, False)])
+def test_hop_count_limit(edge, hops, accepted):
+    received = b"".join(
+        b"Received: from hop%d.test by hop%d.test; Thu, 1 Jan 2026 00:00:00 +0000\r\n" % (i, i + 1)
+        for i in range(hops)
+    )
+    with _smtp(edge) as client:
+        client.ehlo("client.test")
+        client.mail("a@src.test")
+        client.rcpt("b@dst.test")
+        code, msg = client.data(received + MESSAGE)
+    if accepted:
+        assert code == 250
+        assert len(edge.queue.envelopes) == 1
+    else:
+        assert code == 554
+        assert msg.startswith(b"5.4.6")
+        assert not edge.queue.envelopes
