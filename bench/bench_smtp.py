@@ -72,10 +72,10 @@ SIZES = [("1 KiB", 1024), ("100 KiB", 100 * 1024)]
 SESSIONS = [1, 10, 100]
 # Messages per smtp-source run: (size, persistent) -> count at 10+ sessions.
 MESSAGES = {
-    (1024, True): 6000,
-    (1024, False): 2500,
-    (100 * 1024, True): 1500,
-    (100 * 1024, False): 1000,
+    (1024, True): 4000,
+    (1024, False): 1500,
+    (100 * 1024, True): 600,
+    (100 * 1024, False): 400,
 }
 RUN_TIMEOUT = 120.0  # seconds, one smtp-source run
 IDLE_SESSIONS = 1000
