@@ -594,14 +594,15 @@ def write_results(summary: dict, names: list[str], rounds: int, quick: bool, not
 # -- profiling -----------------------------------------------------------------
 
 
-def profile(quick: bool) -> None:
-    """Profile slimta under 1 KiB, 10 persistent sessions: py-spy, then cProfile."""
-    sc = Scenario("1 KiB", 1024, 10, True)
-    count = 20000 if not quick else 5000
+def profile(quick: bool, size: int = 1024) -> None:
+    """Profile slimta under 10 persistent sessions (1 KiB): py-spy, then cProfile."""
+    sc = Scenario(f"{size} B", size, 10, True)
+    count = max(2000, (20000 if not quick else 5000) * 1024 // size)
     OUT.mkdir(exist_ok=True)
+    tag = "" if size == 1024 else f"-{size}"
     pyspy = ROOT / ".venv" / "bin" / "py-spy"
     if pyspy.exists():
-        raw = OUT / "profile-pyspy.txt"
+        raw = OUT / f"profile-pyspy{tag}.txt"
         server = Server("slimta", wrap=[str(pyspy), "record", "-r", "250", "-f", "raw", "-o", str(raw), "--"])
         try:
             res = run_load(server, sc, count)
@@ -609,8 +610,8 @@ def profile(quick: bool) -> None:
         finally:
             server.stop()
         if raw.exists():
-            summarize_pyspy(raw)
-    prof = OUT / "profile-cprofile.pstats"
+            summarize_pyspy(raw, tag)
+    prof = OUT / f"profile-cprofile{tag}.pstats"
     server = Server("slimta", env={"SLIMTA_BENCH_CPROFILE": str(prof)})
     try:
         res = run_load(server, sc, count)
@@ -620,14 +621,14 @@ def profile(quick: bool) -> None:
     if prof.exists():
         import pstats
 
-        with open(OUT / "profile-cprofile.txt", "w") as f:
+        with open(OUT / f"profile-cprofile{tag}.txt", "w") as f:
             stats = pstats.Stats(str(prof), stream=f)
             stats.sort_stats("tottime").print_stats(40)
             stats.sort_stats("cumulative").print_stats(40)
-        print(f"cProfile: {OUT / 'profile-cprofile.txt'}")
+        print(f"cProfile: {OUT / f'profile-cprofile{tag}.txt'}")
 
 
-def summarize_pyspy(raw: Path) -> None:
+def summarize_pyspy(raw: Path, tag: str = "") -> None:
     """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
     own: dict[str, int] = defaultdict(int)
     incl: dict[str, int] = defaultdict(int)
@@ -646,8 +647,9 @@ def summarize_pyspy(raw: Path) -> None:
     lines += [f"{100 * v / total:6.1f}  {k}" for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:40]]
     lines += ["", "incl %  function"]
     lines += [f"{100 * v / total:6.1f}  {k}" for k, v in sorted(incl.items(), key=lambda kv: -kv[1])[:60]]
-    (OUT / "profile-pyspy-summary.txt").write_text("\n".join(lines) + "\n")
-    print(f"py-spy: {OUT / 'profile-pyspy-summary.txt'}")
+    summary = OUT / f"profile-pyspy{tag}-summary.txt"
+    summary.write_text("\n".join(lines) + "\n")
+    print(f"py-spy: {summary}")
 
 
 def main() -> None:
@@ -662,6 +664,7 @@ def main() -> None:
         "--profile", action="store_true", help="profile slimta (1 KiB, 10 sessions) afterwards"
     )
     parser.add_argument("--profile-only", action="store_true", help="only profile")
+    parser.add_argument("--profile-size", type=int, default=1024, help="message size to profile (bytes)")
     parser.add_argument("--only", help="comma-separated contenders (default: all available)")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
     args = parser.parse_args()
@@ -673,7 +676,7 @@ def main() -> None:
     if not os.access(SMTP_SOURCE, os.X_OK):
         sys.exit(f"{SMTP_SOURCE} missing: apt-get install postfix")
     if args.profile_only:
-        profile(args.quick)
+        profile(args.quick, args.profile_size)
         return
     names = [n for n in CONTENDERS if Path(CONTENDERS[n][0]).exists()]
     if args.only:
@@ -705,7 +708,7 @@ def main() -> None:
         write_results(summary, names, rounds, args.quick, results["notes"])
         print(f"\nwrote {RESULTS}")
     if args.profile:
-        profile(args.quick)
+        profile(args.quick, args.profile_size)
 
 
 if __name__ == "__main__":
