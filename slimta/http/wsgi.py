@@ -1,0 +1,154 @@
+"""A base class for WSGI applications that log every request and response.
+
+A :class:`WsgiServer` subclass implements :meth:`WsgiServer.handle` as if it
+were a WSGI application.  The instance itself is the application to give to
+any WSGI server; calling it logs the request and the response through
+:func:`slimta.logging.getHttpLogger`.  :meth:`WsgiServer.build_server` serves
+it with :class:`gevent.pywsgi.WSGIServer`, hardened as follows:
+
+* TLS is cooperative whatever :class:`ssl.SSLContext` is given as
+  ``ssl_args={'ssl_context': ...}``: gevent's server would call the
+  context's own ``wrap_socket()``, whose handshake blocks the hub for a
+  stdlib context, so we build a :class:`gevent.ssl.SSLSocket` instead.  A
+  failed handshake is logged at ``DEBUG`` and the connection closed.
+* Every connection has a socket timeout (:attr:`WsgiServer.socket_timeout`)
+  covering the TLS handshake, each wait for a request and each read of a
+  request body, so idle or stalled clients do not hold greenlets for ever.
+* Listening on an ``(ip, port)`` tuple uses a backlog of
+  :data:`slimta.util.LISTEN_BACKLOG`.
+* gevent's access log is off (requests are already logged, as key=value
+  lines, at ``DEBUG``); its error log goes to :mod:`logging`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import gevent.ssl
+from gevent.pywsgi import WSGIServer as _GeventWSGIServer
+
+from slimta.logging import getHttpLogger
+from slimta.util import LISTEN_BACKLOG
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from gevent.pool import Pool
+
+__all__ = ["WsgiServer"]
+
+log = getHttpLogger(__name__)
+_errors = logging.getLogger(__name__)
+
+
+class _HardenedWSGIServer(_GeventWSGIServer):
+    """gevent's WSGI server with a socket timeout and cooperative TLS."""
+
+    def __init__(self, *args: Any, socket_timeout: float | None = None, **kwargs: Any) -> None:
+        self._ssl_context: ssl.SSLContext | None = kwargs.get("ssl_context")
+        self._socket_timeout = socket_timeout
+        super().__init__(*args, **kwargs)
+
+    def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
+        client_socket.settimeout(self._socket_timeout)
+        try:
+            if self._ssl_context is not None:
+                ssl_socket = gevent.ssl.SSLSocket(
+                    sock=client_socket,
+                    server_side=True,
+                    do_handshake_on_connect=True,
+                    _context=self._ssl_context,
+                )
+            else:
+                # Legacy keyfile/certfile arguments: gevent's own wrapper.
+                wrap: Any = getattr(self, "wrap_socket")  # noqa: B009 - typed as unbound in the stubs
+                ssl_socket = wrap(client_socket, **(self.ssl_args or {}))
+        except OSError as exc:  # ssl.SSLError and socket timeouts are OSErrors
+            _errors.debug("TLS handshake with %s failed: %s", address, exc)
+            client_socket.close()
+            return None
+        try:
+            return self.handle(ssl_socket, address)
+        finally:
+            ssl_socket.close()
+
+    def handle(self, sock: Any, address: Any) -> Any:
+        sock.settimeout(self._socket_timeout)
+        return super().handle(sock, address)
+
+
+class WsgiServer:
+    """Base class of WSGI applications that log their requests and responses.
+
+    Subclasses implement :meth:`handle`.  Use an instance as the application
+    of any WSGI server, or let :meth:`build_server` create a gevent one.
+    """
+
+    #: Seconds a connection may stay silent: during the TLS handshake, while
+    #: waiting for the next request on a kept-alive connection, and during
+    #: each read of a request.  ``None`` waits for ever.
+    #:
+    #: .. versionadded:: 0.1.0
+    socket_timeout: ClassVar[float | None] = 60.0
+
+    def build_server(
+        self, listener: Any, pool: Pool | None = None, ssl_args: dict[str, Any] | None = None
+    ) -> _GeventWSGIServer:
+        """Create a :class:`gevent.pywsgi.WSGIServer` that serves this object.
+
+        The listening socket is bound here, so a port of ``0`` can be read
+        back from the server's ``address`` before it is started.
+
+        Args:
+            listener: An ``(ip, port)`` tuple to listen on, or a bound,
+                listening socket.
+            pool: A :class:`gevent.pool.Pool` for the connection greenlets,
+                bounding how many connections are served at once.
+            ssl_args: TLS settings, given to the server as keyword
+                arguments; ``{'ssl_context': context}`` encrypts every
+                connection with an :class:`ssl.SSLContext` (a stdlib or a
+                gevent one).
+
+        Returns:
+            The server, not yet started.
+        """
+        kwargs: dict[str, Any] = dict(ssl_args or {})
+        if isinstance(listener, tuple):
+            kwargs["backlog"] = LISTEN_BACKLOG
+        server = _HardenedWSGIServer(
+            listener,
+            self,
+            spawn=pool if pool is not None else "default",
+            log=None,
+            error_log=_errors,
+            socket_timeout=self.socket_timeout,
+            **kwargs,
+        )
+        server.init_socket()
+        return server
+
+    def handle(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """Answer one request; subclasses must override this.
+
+        Use it as a WSGI application function.
+
+        Args:
+            environ: The WSGI environment of the request.
+            start_response: The WSGI ``start_response`` callable.
+
+        Returns:
+            The response body, as an iterable of bytes.
+        """
+        raise NotImplementedError()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """Log the request, then answer it with :meth:`handle`, logging the response."""
+        log.wsgi_request(environ)
+
+        def logged_start_response(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+            log.wsgi_response(environ, status, headers)
+            return start_response(status, headers, *args)
+
+        return self.handle(environ, logged_start_response)
