@@ -303,7 +303,9 @@ class Client:
         """Send the message (dot-stuffed, CRLF-normalised) and the final dot."""
         reply = self._new_reply("[SEND_DATA]")
         self.core.message(parts, [reply])
-        self._maybe_flush()
+        # The end of the data is a synchronisation point (RFC 2920): the
+        # reply is read now, pipelining or not.
+        self._flush_pipeline()
         return reply
 
     def send_empty_data(self) -> Reply:
