@@ -79,6 +79,7 @@ import errno
 import os
 import re
 import shutil
+import signal
 import string
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any, NoReturn
@@ -136,7 +137,18 @@ MACROS = frozenset(
 # Keyword arguments of Popen that would undo what the relay relies on: the
 # pipes it reads and writes, bytes (not text) I/O, and no shell.
 _FORBIDDEN_POPEN_KWARGS = frozenset(
-    {"stdin", "stdout", "stderr", "shell", "text", "universal_newlines", "encoding", "errors", "input"}
+    {
+        "stdin",
+        "stdout",
+        "stderr",
+        "bufsize",
+        "shell",
+        "text",
+        "universal_newlines",
+        "encoding",
+        "errors",
+        "input",
+    }
 )
 # An RFC 3463 enhanced status code at the very start of the output.
 _OUTPUT_ESC = re.compile(r"([45])\.[0-9]{1,3}\.[0-9]{1,3}(?=\s|\Z)")
@@ -345,7 +357,11 @@ class PipeRelay(Relay):
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                **self.popen_kwargs,
+                # Unbuffered: a write returns as soon as the pipe takes some
+                # of the data, and closing never tries to flush leftovers
+                # into a pipe nobody reads any more.
+                bufsize=0,
+                **self._popen_kwargs(),
             )
         except OSError as exc:
             reason = exc.strerror or str(exc)
@@ -384,10 +400,15 @@ class PipeRelay(Relay):
         log.exit(proc)
         return status, stdout, stderr
 
-    @staticmethod
-    def _kill(proc: subprocess.Popen[bytes], workers: list[gevent.Greenlet[Any, Any]]) -> None:
+    def _kill(self, proc: subprocess.Popen[bytes], workers: list[gevent.Greenlet[Any, Any]]) -> None:
         with contextlib.suppress(ProcessLookupError):  # it may have exited just now
-            proc.kill()
+            if self._popen_kwargs().get("start_new_session"):
+                # The group outlives the program while anything it started
+                # still runs (the kernel does not hand out its id again
+                # meanwhile), so this also reaches orphaned grandchildren.
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
         gevent.killall(workers)
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
@@ -395,6 +416,15 @@ class PipeRelay(Relay):
         with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL cannot be ignored
             proc.wait(timeout=_REAP_TIMEOUT)
         log.exit(proc)
+
+    def _popen_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.popen_kwargs)
+        if "start_new_session" not in kwargs and "process_group" not in kwargs:
+            # Its own process group, so that at the timeout everything the
+            # program started (a shell script's children, say) is killed
+            # with it, and none is left holding the pipes open.
+            kwargs["start_new_session"] = True
+        return kwargs
 
     def _deliver_once(self, envelope: Envelope, args: list[str], data: bytes) -> None:
         status, stdout, stderr = self._exec_process(args, data)
@@ -476,9 +506,11 @@ def _feed(stream: IO[bytes], data: bytes) -> None:
     is its choice (its exit status says how the delivery went), not an
     error of ours.
     """
+    view = memoryview(data)
     try:
-        stream.write(data)
-        stream.flush()
+        while view:
+            written = stream.write(view)
+            view = view[written or 0 :]
     except BrokenPipeError:
         pass
     finally:

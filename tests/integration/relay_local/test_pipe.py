@@ -254,6 +254,33 @@ def test_hanging_child_is_killed_at_timeout(make_script: MakeScript, tmp_path: P
         os.kill(pid, 0)  # killed and reaped
 
 
+FORKER = """
+import os, subprocess, sys, time
+# A grandchild that keeps stdout open and outlives its parent.
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+with open(sys.argv[1], "w") as out:
+    out.write(str(child.pid))
+"""
+
+
+def test_grandchild_holding_the_pipes_is_killed(make_script: MakeScript, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    relay = PipeRelay([make_script("forker", FORKER), str(pid_file)], timeout=0.5)
+    with pytest.raises(TransientRelayError) as info:
+        attempt(relay)
+    assert str(info.value.reply).startswith("450 4.4.2 ")
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break  # killed and reaped by init (the test process is not its parent)
+        gevent.sleep(0.05)
+    else:
+        pytest.fail("the grandchild survived the timeout")
+
+
 def test_other_greenlets_run_while_child_runs(make_script: MakeScript) -> None:
     ticks: list[int] = []
 
