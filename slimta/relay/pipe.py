@@ -33,8 +33,10 @@ stream are kept (for error messages); the rest is read and thrown away, so a
 program writing gigabytes costs no memory.  A program that does not read its
 input (it exits first, or ignores it) is not an error.
 
-When ``timeout`` passes, the program is killed (``SIGKILL``) and the attempt
-fails with ``450 4.4.2``, so the queue retries it later.  A program that
+The program runs in a process group of its own (unless ``popen_kwargs``
+say otherwise).  When ``timeout`` passes, the whole group is killed
+(``SIGKILL``), so no grandchild survives holding the pipes open, and the
+attempt fails with ``450 4.4.2``: the queue retries it later.  A program that
 cannot be started at all (``ENOENT``, ``EACCES``...) fails with ``450
 4.3.0`` and a message that names it: the administrator can install or fix it
 and the queued mail goes out on the next attempt.
