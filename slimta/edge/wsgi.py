@@ -40,7 +40,9 @@ it), with the SMTP reply in an ``X-Smtp-Reply`` header
 Bodies are read with a cap: a declared ``Content-Length`` above the limit is
 refused before anything is read, a chunked body is counted as it arrives,
 and a client that disconnects mid-body gets nothing queued.  A refused body
-is not drained into the void: the connection is closed instead.
+is not drained without bound: the connection is closed instead (a declared
+length of at most twice ``max_size`` is read and dropped first, so a client
+still sending it sees the ``413`` rather than a reset).
 """
 
 from __future__ import annotations
@@ -330,8 +332,11 @@ class WsgiEdge(EdgeServer, WsgiServer):
         if length is None and not self._is_chunked(environ):
             raise WsgiResponse("411 Length Required")
         if length is not None and length > self.max_size:
-            # Refused before reading a byte; do not let the server drain it.
-            _abandon_input(environ)
+            # Refused before reading a byte.  A body at most twice the limit
+            # is drained after the response (so a client still writing it
+            # reads the 413 instead of a reset); a larger one is abandoned.
+            if length > 2 * self.max_size:
+                _abandon_input(environ)
             reply = Reply("552", f"5.3.4 Message exceeds the size limit of {self.max_size} octets")
             response = _smtp_response(reply, "413 Payload Too Large")
             response.headers.append(("Connection", "close"))
@@ -352,10 +357,8 @@ class WsgiEdge(EdgeServer, WsgiServer):
 
     @staticmethod
     def _is_chunked(environ: dict[str, Any]) -> bool:
-        # gevent.pywsgi (and other servers that de-chunk) say so with
-        # wsgi.input_terminated: reading to EOF is then safe.
-        if environ.get("wsgi.input_terminated"):
-            return True
+        # Without Content-Length, only chunked framing delimits a request
+        # body (RFC 9112 6.3); the WSGI server de-chunks it for us.
         return "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower()
 
     def _run_validators(self, environ: dict[str, Any], ehlo: str, sender: str, recipients: list[str]) -> None:
