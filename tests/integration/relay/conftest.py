@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import sys
@@ -60,7 +61,10 @@ STOP = object()
 
 
 def make_envelope(
-    sender: str = "sender@src.test", recipients: list[str] | None = None, body: bytes = b"hello\r\n", **headers: str
+    sender: str = "sender@src.test",
+    recipients: list[str] | None = None,
+    body: bytes = b"hello\r\n",
+    **headers: str,
 ) -> Envelope:
     env = Envelope(sender, recipients or ["rcpt@dst.test"])
     head = "".join(f"{name.replace('_', '-')}: {value}\r\n" for name, value in headers.items())
@@ -127,7 +131,7 @@ class Conn:
 EHLO_DEFAULT = b"250-scripted.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
 
 
-def smtp_dialogue(
+def smtp_dialogue(  # noqa: C901 - one branch per SMTP verb
     conn: Conn,
     *,
     banner: bytes = b"220 scripted.test ESMTP\r\n",
@@ -201,8 +205,8 @@ class ScriptedServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.server.address[:2]
-        return str(host), int(port)
+        address: Any = self.server.address
+        return str(address[0]), int(address[1])
 
     def _handle(self, sock: Any, _address: Any) -> None:
         self.connections += 1
@@ -210,10 +214,8 @@ class ScriptedServer:
         try:
             self.script(conn)
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.close()
-            except OSError:
-                pass
 
     def stop(self) -> None:
         self.server.stop(timeout=1)
@@ -296,6 +298,7 @@ def aiosmtpd_server(tmp_path: Path) -> Iterator[AiosmtpdPeer]:
     )
     try:
         with gevent.Timeout(10):
+            assert proc.stdout is not None
             line = proc.stdout.readline()
         assert line.startswith(b"READY"), line
         yield AiosmtpdPeer(port, outdir, proc)
