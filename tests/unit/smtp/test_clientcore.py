@@ -17,8 +17,8 @@ def feed_all(chunks: list[bytes], expected: int) -> list[Reply]:
     got: list[Reply] = []
     for chunk in chunks:
         core.receive_data(chunk)
-        while (reply := core.next_reply()) is not None:
-            got.append(reply)
+        while (filled := core.next_reply()) is not None:
+            got.append(filled)
     return got
 
 
@@ -126,7 +126,7 @@ def test_discard_received_after_starttls() -> None:
     assert core.next_reply() is reply
     assert core.has_buffered_data
     assert core.discard_received() == len(b"250-injected\r\n250 AUTH PLAIN\r\n")
-    assert not core.has_buffered_data
+    assert core.has_buffered_data is False
     ehlo = Reply()
     core.command("EHLO", "me", ehlo)
     core.receive_data(b"250 real\r\n")
