@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from email.generator import BytesGenerator
 from email.header import Header
 from email.message import Message
-from email.parser import BytesParser, Parser
+from email.parser import BytesParser
 from email.policy import compat32
 from io import BytesIO
 from typing import Any
@@ -83,6 +83,7 @@ _NAME = rb"[\x21-\x39\x3b-\x7e]+"
 # would split the line there).  The last line may lack its LF when there is
 # no body at all.  Possessive quantifiers keep the match linear even on a
 # megabyte-long line.
+_FIELD = re.compile(r"([\x21-\x39\x3b-\x7e]+):([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)(?:\r?\n)?")
 _HEADER_LINES = re.compile(rb"(?:" + _NAME + rb":[^\r\n]*+(?:\r?\n|\Z)(?:[ \t][^\r\n]*+(?:\r?\n|\Z))*+)*+")
 # An LF not preceded by CR.  The pattern starts with a literal, so the regex
 # engine skips ahead with a fast scan for LF; on a CRLF body this is about
@@ -276,16 +277,16 @@ class Envelope:
         if valid_end < header_end:
             # A malformed line: it and the rest, separator included, is body.
             body_start = valid_end
-        text = raw[:valid_end].decode("ascii", "surrogateescape")
-        try:
-            headers = Parser(policy=compat32).parsestr(text, headersonly=True)
-        except (ValueError, LookupError) as exc:  # defensive: compat32 records defects instead
-            raise EnvelopeParseError(f"cannot parse the header section: {exc}") from exc
-        leftover = headers.get_payload()
+        headers = Message(policy=compat32)
+        if valid_end:
+            # The section was validated line by line above, so each field is
+            # "name:value" plus folded continuation lines; storing them with
+            # set_raw gives exactly what the stdlib parser (compat32) builds,
+            # at a fraction of its cost on the per-message hot path.
+            text = raw[:valid_end].decode("ascii", "surrogateescape")
+            for field in _FIELD.finditer(text):
+                headers.set_raw(field.group(1), field.group(2).lstrip(" \t"))
         body = raw[body_start:]
-        if isinstance(leftover, str) and leftover:
-            # Defensive: whatever the parser did not take as headers is body.
-            body = leftover.encode("ascii", "surrogateescape") + raw[valid_end:body_start] + body
         headers.set_payload("")
         self.headers = headers
         self.message = body

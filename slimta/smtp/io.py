@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import errno
 import ssl
-from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, Final
 
 import gevent.ssl
 
@@ -26,8 +26,6 @@ from slimta.logging import getSocketLogger
 from slimta.smtp import ConnectionLost
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     import gevent.socket
 
 __all__ = ["IO", "RECV_SIZE"]
@@ -41,17 +39,20 @@ _LOST_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, err
 log = getSocketLogger(__name__)
 
 
-@contextmanager
-def _map_socket_errors() -> Iterator[None]:
-    """Translate transport failures into ConnectionLost at the I/O boundary."""
-    try:
-        yield
-    except ssl.SSLError as exc:
-        raise ConnectionLost(f"TLS error: {exc}") from exc
-    except OSError as exc:
-        if exc.errno in _LOST_ERRNOS or exc.errno is None:
-            raise ConnectionLost(f"Connection lost: {exc}") from exc
-        raise
+def _lost(exc: OSError) -> Exception:
+    """Translate a transport failure into ConnectionLost at the I/O boundary."""
+    if isinstance(exc, ssl.SSLError):
+        return ConnectionLost(f"TLS error: {exc}")
+    if exc.errno in _LOST_ERRNOS or exc.errno is None:
+        return ConnectionLost(f"Connection lost: {exc}")
+    return exc
+
+
+class _Unset:
+    pass
+
+
+_UNSET: Final = _Unset()
 
 
 class IO:
@@ -66,21 +67,53 @@ class IO:
         self.socket: Any = socket
         self.address = address
         self.encrypted = False
+        # The timeout last given to the socket, so it is set only on change
+        # (a socket timeout costs nothing per read; a gevent.Timeout object
+        # per read was a measurable share of a small message's CPU).
+        self._timeout: float | _Unset | None = _UNSET
+
+    def set_timeout(self, timeout: float | None) -> None:
+        """Bound every later read and write by ``timeout`` seconds (None: no bound).
+
+        A read or write that times out raises :class:`TimeoutError`.
+        """
+        if timeout != self._timeout:
+            self.socket.settimeout(timeout)
+            self._timeout = timeout
 
     def recv(self) -> bytes:
-        """Read what is available (up to :data:`RECV_SIZE`); ``b""`` at EOF."""
-        with _map_socket_errors():
+        """Read what is available (up to :data:`RECV_SIZE`); ``b""`` at EOF.
+
+        Raises:
+            TimeoutError: nothing arrived within the timeout set by
+                :meth:`set_timeout`.
+            ConnectionLost: the connection broke.
+        """
+        try:
             data: bytes = self.socket.recv(RECV_SIZE)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise _lost(exc) from exc
         log.recv(self.socket, data)
         return data
 
     def send(self, data: bytes) -> None:
-        """Write all of ``data`` (one system call for small groups)."""
+        """Write all of ``data`` (one system call for small groups).
+
+        Raises:
+            ConnectionLost: the connection broke, or the peer stopped reading
+                for longer than the timeout set by :meth:`set_timeout`.
+        """
         if not data:
             return
         log.send(self.socket, data)
-        with _map_socket_errors():
+        try:
             self.socket.sendall(data)
+        except TimeoutError as exc:
+            raise ConnectionLost("Timed out: the peer is not reading") from exc
+        except OSError as exc:
+            raise _lost(exc) from exc
 
     def _wrap(self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None) -> Any:
         # gevent's SSLSocket accepts any SSLContext (stdlib or gevent's) and
@@ -112,6 +145,7 @@ class IO:
             log.error(self.socket, exc, self.address)
             return False
         self.socket = sslsock
+        self._timeout = _UNSET
         self.encrypted = True
         log.encrypt(sslsock, context)
         return True

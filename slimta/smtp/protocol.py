@@ -139,9 +139,6 @@ _INSECURE_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 _VERB = re.compile(rb"[A-Za-z][A-Za-z0-9_-]{0,19}\Z")
 _BDAT_ARGS = re.compile(r"([0-9]{1,18})(?: +(LAST))? *\Z", re.IGNORECASE)
 _BARE_EOL = re.compile(rb"\r\n|\r|\n")
-# A line starting with one dot that the client did not stuff (RFC 5321
-# 4.5.2 makes every client double a leading dot), e.g. "\r\n. \r\n".
-_UNSTUFFED_DOT = re.compile(rb"(?:\A|\r\n)\.(?!\.)")
 _JUNK = (Noop, Rset, UnknownCommand)
 # Returned by _read_line for a line the core has already answered (too long).
 _ANSWERED: Final = b"<answered>"
@@ -618,17 +615,22 @@ class ServerConnection:
         raw = bytes(memoryview(buf)[2 : end + 2])
         del buf[: end + 5]
         strict = self.limits.bare_line_endings == "reject"
-        # Fix: in strict mode also refuse the rest of the smuggling corpus
+        # In strict mode also refuse the rest of the smuggling corpus
         # (RELIABILITY R2): a NUL (never valid in RFC 5322 text) and a line
         # starting with one dot the client did not stuff ("\r\n. \r\n"), both
         # of which some other MTAs take for the end of data.
-        suspicious = strict and (b"\x00" in raw or _UNSTUFFED_DOT.search(raw) is not None)
-        # Fix: RFC 5321 4.5.2 drops the first character of *every* line that
-        # starts with a dot (not only of ".." lines).
-        if b"\r\n." in raw:
+        suspicious = strict and b"\x00" in raw
+        if raw[:1] == b"." or b"\r\n." in raw:
+            if strict and not suspicious:
+                # Every "\r\n." must be the start of a stuffed "\r\n.." (the
+                # occurrences cannot overlap, so equal counts mean all are).
+                unstuffed = raw.count(b"\r\n.") != raw.count(b"\r\n..")
+                suspicious = unstuffed or (raw[:1] == b"." and raw[1:2] != b".")
+            # RFC 5321 4.5.2 drops the first character of *every* line that
+            # starts with a dot (not only of ".." lines).
             raw = raw.replace(b"\r\n.", b"\r\n")
-        if raw.startswith(b"."):
-            raw = raw[1:]
+            if raw[:1] == b".":
+                raw = raw[1:]
         limit = self.limits.max_message_size
         if limit is not None and len(raw) > limit:
             return MessageReceived(None, _too_big_reply(limit))

@@ -41,6 +41,32 @@ __all__ = [
 ]
 
 _CODE = re.compile(r"[1-5][0-9][0-9]\Z")
+_KNOWN_CODES = frozenset(
+    (
+        "220",
+        "221",
+        "235",
+        "250",
+        "251",
+        "252",
+        "334",
+        "354",
+        "421",
+        "450",
+        "451",
+        "452",
+        "500",
+        "501",
+        "502",
+        "503",
+        "504",
+        "535",
+        "550",
+        "552",
+        "553",
+        "554",
+    )
+)
 _ESC_PREFIX = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:\s+|\Z)")
 _ESC = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})\Z")
 # Anything but TAB and printable octets is replaced before a reply is sent.
@@ -92,7 +118,7 @@ class Reply:
 
     @code.setter
     def code(self, value: str | None) -> None:
-        if value is not None and not _CODE.match(value):
+        if value is not None and value not in _KNOWN_CODES and not _CODE.match(value):
             raise ValueError(f"Invalid SMTP reply code: {value!r}")
         self._code = value or None
 
@@ -140,7 +166,9 @@ class Reply:
 
     @message.setter
     def message(self, value: str | None) -> None:
-        if value:
+        # Only a message starting "N." can carry an enhanced status code;
+        # checking that first skips the regex for most replies.
+        if value and value[1:2] == "." and value[:1] in "245":
             match = _ESC_PREFIX.match(value)
             if match:
                 self._esc = (match.group(2), match.group(3))
@@ -177,6 +205,9 @@ class Reply:
         """
         code = self._code or "451"
         message = self.message or ""
+        if message.isprintable() and not self.newline_first:
+            # The common case: one line, nothing to escape.
+            return f"{code} {message}\r\n".encode()
         lines = message.split("\r\n")
         out = []
         last = len(lines) - 1

@@ -210,10 +210,10 @@ class Server:
             if timeout <= 0:
                 self._send_timeout()
                 raise ConnectionLost("Timed out waiting for the client")
+        self.io.set_timeout(timeout)
         try:
-            with Timeout(timeout):
-                return self.io.recv()
-        except Timeout:
+            return self.io.recv()
+        except TimeoutError:
             self._send_timeout()
             raise ConnectionLost("Timed out waiting for the client") from None
 

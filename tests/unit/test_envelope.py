@@ -732,3 +732,32 @@ def test_property_encode_7bit_is_clean_and_reversible(body: bytes, quopri: bool)
         assert binascii.a2b_qp(out) == crlf(body)
     else:
         assert base64.b64decode(out) == crlf(body)
+
+
+# -- the fast header parser agrees with the stdlib parser ------------------------------
+
+_field_names = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,15}", fullmatch=True)
+_field_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30)
+
+
+@given(
+    fields=st.lists(
+        st.tuples(_field_names, _field_text, st.lists(_field_text, max_size=2), st.sampled_from(["\r\n", "\n"])),
+        min_size=1,
+        max_size=8,
+    )
+)
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_header_parse_matches_stdlib(fields):
+    lines = []
+    for name, value, folds, eol in fields:
+        lines.append(f"{name}:{value}{eol}" + "".join(f" {fold}{eol}" for fold in folds))
+    section = "".join(lines)
+    env = Envelope()
+    env.parse(section.encode() + b"\r\nbody\r\n")
+    from email.parser import Parser
+    from email.policy import compat32
+
+    expected = Parser(policy=compat32).parsestr(section, headersonly=True)
+    assert env.headers.items() == expected.items()
+    assert env.message == b"body\r\n"
