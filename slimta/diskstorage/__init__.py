@@ -127,6 +127,13 @@ class DiskStorageError(QueueError):
     """
 
 
+def _capture(func: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
+    try:
+        return True, func(*args)
+    except Exception as exc:  # noqa: BLE001 - re-raised by DiskStorage._call
+        return False, exc
+
+
 class _DirSync:
     """Group commit: coalesce concurrent fsyncs of one directory."""
 
@@ -234,8 +241,14 @@ class DiskStorage(QueueStorage):
     # -- low-level operations (run in the thread pool) ----------------------------
 
     def _call(self, func: Callable[..., _T], *args: Any) -> _T:
-        result: _T = gevent.get_hub().threadpool.apply(func, args)
-        return result
+        # Errors come back as values: gevent's thread pool would print the
+        # traceback of an exception raised in a worker (a KeyError for an
+        # unknown id, ENOSPC on a full disk) before passing it on.
+        ok, value = gevent.get_hub().threadpool.apply(_capture, (func, args))
+        if ok:
+            result: _T = value
+            return result
+        raise value
 
     def _fsync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
