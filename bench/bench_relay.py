@@ -128,7 +128,7 @@ class Sink:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         buf = b""
-        while chunk := self.proc.stdout.read1(4096):
+        while chunk := os.read(self.proc.stdout.fileno(), 4096):
             buf = (buf + chunk)[-256:]
             found = re.findall(rb"mesg=(\d+)", buf)
             if found:
@@ -156,7 +156,9 @@ class Server:
         self.which = which
         self.port = free_port()
         python = sys.executable if which == "ours" else str(PEER_PYTHON)
-        cmd = pinned(0, [python, str(Path(__file__).resolve()), "--serve", which, str(self.port), str(sink_port)])
+        cmd = pinned(
+            0, [python, str(Path(__file__).resolve()), "--serve", which, str(self.port), str(sink_port)]
+        )
         # Run from / so the peer cannot pick our slimta/ up from the cwd.
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/")
         assert self.proc.stdout is not None
@@ -223,7 +225,9 @@ def load(port: int, count: int) -> subprocess.CompletedProcess[bytes]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--serve", nargs=3, metavar=("WHICH", "PORT", "SINK_PORT"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)
@@ -252,7 +256,9 @@ def main() -> None:
 def report(results: dict[str, list[dict[str, Any]]], count: int) -> None:
     names = {"ours": "slimta (this repo)", "peer": "python-slimta 5.0.5"}
     med: dict[str, tuple[float, float]] = {}
-    print(f"\n{count} messages of {SIZE} B over {SESSIONS} sessions, medians of {len(results['ours'])} rounds")
+    print(
+        f"\n{count} messages of {SIZE} B over {SESSIONS} sessions, medians of {len(results['ours'])} rounds"
+    )
     print("| contender | msg/s end to end | server CPU µs/msg | counted once at the sink |")
     print("|---|---:|---:|---|")
     for key, runs in results.items():
@@ -264,7 +270,9 @@ def report(results: dict[str, list[dict[str, Any]]], count: int) -> None:
         cpu = statistics.median(r["cpu_us"] for r in good)
         exact = all(r.get("exact") for r in runs)
         med[key] = (rate, cpu)
-        print(f"| {names[key]} | {rate:,.0f} | {cpu:,.0f} | {'yes' if exact else 'NO'} ({len(good)}/{len(runs)} runs) |")
+        print(
+            f"| {names[key]} | {rate:,.0f} | {cpu:,.0f} | {'yes' if exact else 'NO'} ({len(good)}/{len(runs)} runs) |"
+        )
     if len(med) == 2:
         print(
             f"\nratio slimta/python-slimta: msg/s {med['ours'][0] / med['peer'][0]:.2f}x, "
