@@ -18,9 +18,10 @@ from __future__ import annotations
 import errno
 import ssl
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import gevent.ssl
+from gevent import Timeout
 
 from slimta.logging import getSocketLogger
 from slimta.smtp import ConnectionLost
@@ -48,13 +49,6 @@ def _lost(exc: OSError) -> Exception:
     return exc
 
 
-class _Unset:
-    pass
-
-
-_UNSET: Final = _Unset()
-
-
 class IO:
     """Buffered reads and writes on one connected socket.
 
@@ -67,26 +61,16 @@ class IO:
         self.socket: Any = socket
         self.address = address
         self.encrypted = False
-        # The timeout last given to the socket, so it is set only on change
-        # (a socket timeout costs nothing per read; a gevent.Timeout object
-        # per read was a measurable share of a small message's CPU).
-        self._timeout: float | _Unset | None = _UNSET
-
-    def set_timeout(self, timeout: float | None) -> None:
-        """Bound every later read and write by ``timeout`` seconds (None: no bound).
-
-        A read or write that times out raises :class:`TimeoutError`.
-        """
-        if timeout != self._timeout:
-            self.socket.settimeout(timeout)
-            self._timeout = timeout
+        #: Seconds a write may wait for a peer that does not read (None: no
+        #: bound).  Replies are small and nearly always leave in one
+        #: non-blocking ``send``; only a full TCP window waits.
+        self.send_timeout: float | None = None
 
     def recv(self) -> bytes:
         """Read what is available (up to :data:`RECV_SIZE`); ``b""`` at EOF.
 
         Raises:
-            TimeoutError: nothing arrived within the timeout set by
-                :meth:`set_timeout`.
+            TimeoutError: the socket's own timeout expired.
             ConnectionLost: the connection broke.
         """
         try:
@@ -99,18 +83,26 @@ class IO:
         return data
 
     def send(self, data: bytes) -> None:
-        """Write all of ``data`` (one system call for small groups).
+        """Write all of ``data``.
+
+        One ``send`` call nearly always takes a group of replies whole; gevent's
+        ``sendall`` is used only for what is left (it costs an extra system
+        call to size its chunks, on every call).
 
         Raises:
             ConnectionLost: the connection broke, or the peer stopped reading
-                for longer than the timeout set by :meth:`set_timeout`.
+                for longer than :attr:`send_timeout`.
         """
         if not data:
             return
         log.send(self.socket, data)
+        sock = self.socket
         try:
-            self.socket.sendall(data)
-        except TimeoutError as exc:
+            sent = sock.send(data)
+            if sent < len(data):
+                with Timeout(self.send_timeout):
+                    sock.sendall(memoryview(data)[sent:])
+        except Timeout as exc:
             raise ConnectionLost("Timed out: the peer is not reading") from exc
         except OSError as exc:
             raise _lost(exc) from exc
@@ -145,7 +137,6 @@ class IO:
             log.error(self.socket, exc, self.address)
             return False
         self.socket = sslsock
-        self._timeout = _UNSET
         self.encrypted = True
         log.encrypt(sslsock, context)
         return True
