@@ -320,6 +320,7 @@ def test_full_disk_answers_452_over_smtp_and_keeps_the_queue(small_fs: Path) -> 
     port = edge.server.address[1]
     body = b"x" * 100_000 + b"\r\n"
     accepted: list[bytes] = []
+    code, text = 0, b""
     try:
         for _ in range(30):
             code, text = _send(port, body)
@@ -341,3 +342,23 @@ def test_full_disk_answers_452_over_smtp_and_keeps_the_queue(small_fs: Path) -> 
     finally:
         edge.kill()
         queue.kill()
+
+
+class TestDiskStorageWithoutGroupCommitConformance(TestDiskStorageConformance):
+    def make_storage(self) -> DiskStorage:
+        storage = _spool(self.root)
+        storage.group_commit = False
+        return storage
+
+
+def test_without_group_commit_each_writer_syncs_the_directory(tmp_path: Path) -> None:
+    storage = StepRecorder(tmp_path / "env", tmp_path / "meta")
+    storage.group_commit = False
+    id_ = storage.write(_envelope(), 1.0)
+    storage.increment_attempts(id_)
+    storage.remove(id_)
+    assert [s for s, _ in storage.steps] == [
+        *("write", "fsync", "rename", "dirsync"),
+        *("write", "fsync", "rename", "dirsync"),
+        *("unlink", "dirsync", "unlink", "dirsync"),
+    ]
