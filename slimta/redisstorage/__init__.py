@@ -61,6 +61,7 @@ from typing import Any, cast
 import gevent
 import redis
 from gevent import Greenlet
+from gevent.event import AsyncResult
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
@@ -91,6 +92,50 @@ def _text(value: bytes | str) -> str:
 
 def _bytes(value: bytes | str) -> bytes:
     return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+
+
+class _Batcher:
+    """Group commit: storage calls made while a round trip is in flight share the next one.
+
+    The first call sends its commands at once; calls arriving meanwhile are
+    queued and go out together in one pipeline (no ``MULTI`` around the
+    batch: each entry is atomic by itself, a script or its own ``MULTI``).
+    Under load this turns one round trip per message into one per batch;
+    a lone call waits no longer than before.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._pending: list[tuple[Callable[[Any], int], AsyncResult[list[Any]]]] = []
+        self._running = False
+
+    def call(self, add: Callable[[Any], int]) -> list[Any]:
+        """Queue ``add(pipeline) -> number of commands added``; return their replies."""
+        result: AsyncResult[list[Any]] = AsyncResult()
+        self._pending.append((add, result))
+        if not self._running:
+            self._running = True
+            gevent.spawn(self._flush)
+        return cast("list[Any]", result.get())
+
+    def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                pipe = self._client.pipeline(transaction=False)
+                counts = [add(pipe) for add, _ in batch]
+                try:
+                    replies = pipe.execute(raise_on_error=False)
+                except BaseException as exc:  # noqa: BLE001 - handed to every caller
+                    for _, result in batch:
+                        result.set_exception(exc)
+                    continue
+                offset = 0
+                for count, (_, result) in zip(counts, batch, strict=True):
+                    result.set(replies[offset : offset + count])
+                    offset += count
+        finally:
+            self._running = False
 
 
 class RedisStorage(QueueStorage):
@@ -223,11 +268,25 @@ class RedisStorage(QueueStorage):
         self._renew_script = register(_scripts.RENEW)
         self._release_script = register(_scripts.RELEASE)
         self._load_script = register(_scripts.LOAD)
+        self._batcher = _Batcher(self.redis)
+        # Ids whose write() has not returned yet, and those a load() in
+        # progress must leave out (see load()).
+        self._writing: set[str] = set()
+        self._load_excludes: list[set[str]] = []
         self._held: set[str] = set()
         self._renewer: Greenlet[..., Any] | None = None
         self._pubsub: Any = None
 
     # -- helpers -------------------------------------------------------------
+
+    def _batched_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a Lua script in the next group commit (loading it if Redis lost it)."""
+        (reply,) = self._batcher.call(lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args) and 1)
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            return script(keys=keys, args=args)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def _key(self, id_: str) -> str:
         return self._msg_prefix + id_
@@ -308,12 +367,18 @@ class RedisStorage(QueueStorage):
         """
         meta, header_bytes, body = self._encode(envelope)
         owner = self.node_id if self.claim_on_write else ""
+        id_ = ""
         try:
             while True:
+                self._writing.discard(id_)
                 id_ = uuid.uuid4().hex
-                created = self._write_script(
-                    keys=[self._key(id_), self._claimed_key, self._due_key],
-                    args=[
+                self._writing.add(id_)
+                for excluded in self._load_excludes:
+                    excluded.add(id_)
+                created = self._batched_script(
+                    self._write_script,
+                    [self._key(id_), self._claimed_key, self._due_key],
+                    [
                         meta,
                         header_bytes,
                         body,
@@ -329,6 +394,8 @@ class RedisStorage(QueueStorage):
                     break
         except redis.RedisError as exc:
             raise RedisStorageError(f"Redis write failed: {exc}") from exc
+        finally:
+            self._writing.discard(id_)
         if owner:
             self._hold((id_,))
         _log.write(id_, envelope)
@@ -400,13 +467,21 @@ class RedisStorage(QueueStorage):
         :meth:`get` claims right before the attempt.  One script call, no
         key scan.
         """
+        # A write() of this node that overlaps this call is being handed to
+        # its caller (the queue attempts it from enqueue): listing it too
+        # would let the queue start a second attempt of it at once.
+        excluded = set(self._writing)
+        self._load_excludes.append(excluded)
         try:
             flat = self._load_script(
                 keys=[self._due_key, self._claimed_key], args=[self.node_id, self._msg_prefix]
             )
         except redis.RedisError as exc:
             raise RedisStorageError(f"Redis load failed: {exc}") from exc
-        return [(float(flat[i + 1]), _text(flat[i])) for i in range(0, len(flat), 2)]
+        finally:
+            self._load_excludes.remove(excluded)
+        pairs = ((float(flat[i + 1]), _text(flat[i])) for i in range(0, len(flat), 2))
+        return [(ts, id_) for ts, id_ in pairs if id_ not in excluded]
 
     def get(self, id: str) -> tuple[Envelope, int]:  # noqa: A002 - 4.0 argument name
         """Claim ``id`` for an attempt by this node and return ``(envelope, attempts)``.
@@ -451,14 +526,22 @@ class RedisStorage(QueueStorage):
 
     def remove(self, id: str) -> None:  # noqa: A002 - 4.0 argument name
         """Delete ``id`` and its schedule entries in one ``MULTI``; unknown ids are ignored."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self._key(id))
-        pipe.zrem(self._due_key, id)
-        pipe.zrem(self._claimed_key, id)
+
+        def add(pipe: Any) -> int:
+            pipe.execute_command("MULTI")
+            pipe.delete(self._key(id))
+            pipe.zrem(self._due_key, id)
+            pipe.zrem(self._claimed_key, id)
+            pipe.execute_command("EXEC")
+            return 5
+
         try:
-            pipe.execute()
+            replies = self._batcher.call(add)
         except redis.RedisError as exc:
             raise RedisStorageError(f"Redis delete failed: {exc}") from exc
+        error = next((r for r in replies if isinstance(r, Exception)), None)
+        if error is not None:
+            raise RedisStorageError(f"Redis delete failed: {error}")
         self._held.discard(id)
         _log.remove(id)
 
