@@ -333,3 +333,42 @@ def test_https_with_http_client(edge_factory, gevent_server_context, ca) -> None
     response.read()
     assert response.status == 204
     assert edge.queue.envelopes[0].client["protocol"] == "HTTPS"
+
+
+# -- request header section ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("X-Folded: first", " continued"),  # obsolete line folding
+        ("No colon here",),
+        ("Bad Name: x",),
+        tuple(f"X-Many-{i}: v" for i in range(101)),
+        ("X-Long: " + "a" * 9000,),
+    ],
+    ids=["obs-fold", "no-colon", "bad-name", "too-many", "too-long"],
+)
+def test_malformed_header_sections_get_400(edge, extra) -> None:
+    response = raw_request(edge.address, post_bytes(extra=extra))
+    assert response.status == 400
+    assert edge.queue.envelopes == []
+
+
+def test_underscore_header_names_are_not_envelope_headers(edge) -> None:
+    # pywsgi drops names with "_" so X_Envelope_Recipient cannot pose as
+    # X-Envelope-Recipient (header smuggling through proxies).
+    extra = (f"X_Envelope_Recipient: {b64('sneaky@example.com')}",)
+    response = raw_request(edge.address, post_bytes(extra=extra))
+    assert response.status == 204
+    assert edge.queue.envelopes[0].recipients == ["rcpt@example.com"]
+
+
+def test_header_names_are_case_insensitive(edge) -> None:
+    data = (
+        post_bytes()
+        .replace(b"Content-Length", b"content-LENGTH")
+        .replace(b"X-Envelope-Sender", b"x-envelope-sender")
+    )
+    assert raw_request(edge.address, data).status == 204
+    assert edge.queue.envelopes[0].sender == "sender@example.com"
