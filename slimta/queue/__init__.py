@@ -181,15 +181,18 @@ class QueueStorage:
     def set_last_error(self, id: str, error: str) -> None:  # noqa: A002 - matches the other methods
         """Remember why the last attempt for ``id`` failed (for inspection).
 
-        .. versionadded:: 0.1.0 (not in python-slimta).  The default keeps
-        nothing.
+        The default keeps nothing.
+
+        .. versionadded:: 0.1.0 (not in python-slimta).
         """
 
     def inspect(self) -> Iterator[QueueEntry]:
         """List every stored envelope with its queue metadata.
 
-        .. versionadded:: 0.1.0 (not in python-slimta).  The default is built
-        on :meth:`load` and :meth:`get`; backends may do it more cheaply.
+        The default is built on :meth:`load` and :meth:`get`; backends may
+        do it more cheaply.
+
+        .. versionadded:: 0.1.0 (not in python-slimta).
         """
         for timestamp, id_ in list(self.load()):
             try:
