@@ -66,6 +66,7 @@ def serve(impl: str, port: int, redis_port: int, prefix: str) -> None:
         sys.path = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
     import gevent
     import gevent.event
+
     from slimta.edge.smtp import SmtpEdge
     from slimta.queue import Queue
     from slimta.redisstorage import RedisStorage
