@@ -79,7 +79,7 @@ class _Headers:
         while True:
             raw: bytes = rfile.readline(MAX_HEADER_LINE + 1)
             if raw in (b"\r\n", b"\n", b""):
-                return
+                break
             if len(raw) > MAX_HEADER_LINE:
                 self.status = "Header line too long"
                 return
@@ -92,6 +92,19 @@ class _Headers:
                 self.status = "Too many headers"
                 return
             fields.append((name, value.strip(" \t\r\n")))
+        self._check_framing()
+
+    def _check_framing(self) -> None:
+        # Request smuggling defences (RFC 9112 6.1, 6.3): the body's length
+        # must be unambiguous, and chunked is the only coding we decode.
+        lengths = {value for key, value in self.fields if key.lower() == "content-length"}
+        codings = [value for key, value in self.fields if key.lower() == "transfer-encoding"]
+        if len(lengths) > 1:
+            self.status = "Conflicting Content-Length"
+        elif lengths and codings:
+            self.status = "Both Content-Length and Transfer-Encoding"
+        elif codings and (len(codings) > 1 or codings[0].lower() != "chunked"):
+            self.status = "Unsupported Transfer-Encoding"
 
     def get(self, name: str, default: str | None = None) -> str | None:
         name = name.lower()

@@ -346,8 +346,11 @@ def test_https_with_http_client(edge_factory, gevent_server_context, ca) -> None
         ("Bad Name: x",),
         tuple(f"X-Many-{i}: v" for i in range(101)),
         ("X-Long: " + "a" * 9000,),
+        ("Content-Length: 5",),  # a second, different length
+        ("Transfer-Encoding: chunked",),  # and a Content-Length
+        ("Transfer-Encoding: gzip, chunked",),
     ],
-    ids=["obs-fold", "no-colon", "bad-name", "too-many", "too-long"],
+    ids=["obs-fold", "no-colon", "bad-name", "too-many", "too-long", "two-lengths", "te-and-cl", "te-gzip"],
 )
 def test_malformed_header_sections_get_400(edge, extra) -> None:
     response = raw_request(edge.address, post_bytes(extra=extra))
