@@ -60,6 +60,7 @@ from slimta import logging as slimta_logging
 from slimta.core import SlimtaError
 from slimta.edge import Edge, EdgeServer
 from slimta.envelope import Envelope, EnvelopeError
+from slimta.http import _reply
 from slimta.http.wsgi import WsgiServer
 from slimta.smtp._grammar import GrammarError, parse_path_argument
 from slimta.smtp.reply import Reply
@@ -80,7 +81,6 @@ DEFAULT_MAX_SIZE = 10240000
 
 _READ_SIZE = 65536
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
-_NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
 
 
 class WsgiResponse(SlimtaError):
@@ -118,20 +118,6 @@ def _header_name_to_cgi(name: str) -> str:
     return "HTTP_" + name.upper().replace("-", "_")
 
 
-def _quote(text: str) -> str:
-    # A quoted-string parameter value: printable ASCII only (so nothing can
-    # end the header early), with backslash and double quote escaped.
-    text = _NOT_PRINTABLE_ASCII.sub(" ", text)
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _reply_header(reply: Reply) -> tuple[str, str]:
-    value = f"{reply.code}; message={_quote(reply.message or '')}"
-    if reply.command:
-        value += f"; command={_quote(reply.command)}"
-    return ("X-Smtp-Reply", value)
-
-
 def _status_for(reply: Reply) -> str:
     code = reply.code or "451"
     if code[0] == "2":
@@ -146,7 +132,7 @@ def _status_for(reply: Reply) -> str:
 def _smtp_response(reply: Reply, status: str | None = None) -> WsgiResponse:
     """Build the response carrying ``reply``; the status follows its code."""
     status = status or _status_for(reply)
-    headers = [_reply_header(reply)]
+    headers = [(_reply.HEADER, _reply.format_reply(reply))]
     if status.startswith("204"):
         return WsgiResponse(status, headers)
     body = (reply.message or "").encode("ascii", "replace") + b"\n"

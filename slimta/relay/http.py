@@ -28,7 +28,6 @@ once more on a fresh connection.
 from __future__ import annotations
 
 import http.client
-import re
 import socket as _stdlib_socket
 import ssl
 from base64 import b64encode
@@ -39,7 +38,7 @@ from gevent import Timeout
 
 from slimta import logging as slimta_logging
 from slimta.envelope import EnvelopeError
-from slimta.http import get_connection
+from slimta.http import _reply, get_connection
 from slimta.logging import getHttpLogger
 from slimta.relay import PermanentRelayError, RelayError, TransientRelayError
 from slimta.relay.pool import RelayPool, RelayPoolClient
@@ -54,9 +53,6 @@ __all__ = ["HttpRelay"]
 
 log = getHttpLogger(__name__)
 
-_REPLY_CODE = re.compile(r"\s*([2-5][0-9][0-9])\s*(?:;|\Z)")
-_REPLY_PARAM = re.compile(r';\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;"]*))')
-_UNESCAPE = re.compile(r"\\(.)")
 #: Bytes of a response body read at most; the edge sends a line of text.
 _MAX_RESPONSE_BODY = 65536
 
@@ -76,29 +72,6 @@ _STATUS_REPLIES: dict[int, tuple[str, str]] = {
     408: ("451", "4.4.2"),
     429: ("451", "4.7.0"),
 }
-
-
-def parse_smtp_reply_header(value: str | None) -> Reply | None:
-    """Read an ``X-Smtp-Reply`` header, e.g. ``550; message="5.0.0 No"``.
-
-    Args:
-        value: The header value, or ``None``.
-
-    Returns:
-        The reply (with its ``message`` and ``command`` parameters), or
-        ``None`` when there is no header or it has no valid code.
-    """
-    if not value:
-        return None
-    match = _REPLY_CODE.match(value)
-    if match is None:
-        return None
-    params: dict[str, str] = {}
-    for param in _REPLY_PARAM.finditer(value, match.end(1)):
-        quoted, token = param.group(2), param.group(3)
-        text = _UNESCAPE.sub(r"\1", quoted) if quoted is not None else token
-        params.setdefault(param.group(1).lower(), text)
-    return Reply(match.group(1), params.get("message", ""), params.get("command"))
 
 
 def _error_for_status(status: int, reason: str) -> RelayError:
@@ -246,7 +219,7 @@ class HttpRelayClient(RelayPoolClient):
 
     @staticmethod
     def _outcome(response: http.client.HTTPResponse) -> Reply | None:
-        reply = parse_smtp_reply_header(response.getheader("X-Smtp-Reply"))
+        reply = _reply.parse_reply(response.getheader(_reply.HEADER))
         if 200 <= response.status < 300:
             return reply
         if reply is not None and reply.code and reply.code[0] in "45":
