@@ -376,6 +376,12 @@ class Queue(InspectionMixin, _GreenletBase):
         return list(zip(envelopes, ids, strict=True))
 
     def _start_new(self, id_: str, envelope: Envelope) -> None:
+        # A storage whose write yields lets the start-up load() list this id
+        # before we get here: it may already be scheduled (take it back) or
+        # even being attempted (leave that attempt alone).
+        self._schedule.discard(id_)
+        if id_ in self._active:
+            return
         self._active.add(id_)
         self._hand_over(id_, envelope, 0)
 
@@ -586,6 +592,8 @@ class Queue(InspectionMixin, _GreenletBase):
     def _dispatch_due(self) -> None:
         now = time.time()
         while (id_ := self._schedule.pop_due(now)) is not None:
+            if id_ in self._active:
+                continue  # already being attempted; it reschedules itself
             self._active.add(id_)
             self._hand_over(id_, None, 0)
 

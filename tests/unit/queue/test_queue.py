@@ -174,6 +174,53 @@ def test_concurrent_enqueues_deliver_each_message_exactly_once(queues):
     assert len(relay.calls) == 2000
 
 
+class _YieldingStorage(DictStorage):
+    """Like a disk or Redis backend: write() stores the envelope, then yields."""
+
+    def write(self, envelope, timestamp):
+        id_ = super().write(envelope, timestamp)
+        gevent.sleep(0.001)  # the start-up load() can list the id meanwhile
+        return id_
+
+    def load(self):
+        gevent.sleep(0)
+        return super().load()
+
+
+def test_load_racing_with_a_yielding_write_attempts_once(queues):
+    # Regression: load() listed an id written but not yet handed to the
+    # workers; the id was then attempted twice at the same moment.
+    storage = _YieldingStorage()
+    in_flight: set[str] = set()
+    overlaps: list[str] = []
+
+    def deliver(envelope):
+        key = envelope.recipients[0]
+        if key in in_flight:
+            overlaps.append(key)
+        in_flight.add(key)
+        gevent.sleep(0.02)
+        in_flight.discard(key)
+
+    relay = ScriptedRelay(default=deliver)
+    queue = Queue(storage, relay, backoff=FAST)
+    queues.append(queue)
+
+    def session(n):
+        for i in range(5):
+            queue.enqueue(make_envelope(rcpts=[f"y{n}m{i}@t"]))
+
+    jobs = [gevent.spawn(session, n) for n in range(40)]
+    gevent.sleep(0.002)
+    queue.start()
+    gevent.joinall(jobs, raise_error=True)
+    wait_until(lambda: not storage.env_db, timeout=10, what="all delivered")
+    gevent.sleep(0.05)
+    assert not overlaps
+    assert len(relay.delivered) == 200
+    assert set(relay.delivered.values()) == {1}
+
+
 # -- faults in the relay ---------------------------------------------------------
 
 
