@@ -11,6 +11,7 @@ for one message fail the test).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import smtplib
@@ -86,7 +87,9 @@ def _send(nodes: list[NodeProcess], count: int, acked: list[str], sent: list[str
                     order = order[1:] + order[:1]  # try the next node
             gevent.sleep(0.005)
         if conn is not None:
-            conn.quit()
+            # The node may have been killed after this client's last message.
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                conn.quit()
 
     gevent.joinall([gevent.spawn(client, n) for n in range(CLIENTS)], timeout=25, raise_error=True)
 
