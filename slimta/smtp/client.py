@@ -162,9 +162,9 @@ class Client:
         self._flush_pipeline()
         return banner
 
-    def custom_command(self, cmd: str, arg: str | None = None) -> Reply:
+    def custom_command(self, command: str, arg: str | None = None) -> Reply:
         """Send any command and wait for its reply."""
-        return self._command(cmd.upper(), arg)
+        return self._command(command.upper(), arg)
 
     # -- session commands ---------------------------------------------------------
 
@@ -299,10 +299,10 @@ class Client:
         """Send DATA and wait for every pending reply (354 expected)."""
         return self._command("DATA")
 
-    def send_data(self, *parts: bytes) -> Reply:
+    def send_data(self, *data: bytes) -> Reply:
         """Send the message (dot-stuffed, CRLF-normalised) and the final dot."""
         reply = self._new_reply("[SEND_DATA]")
-        self.core.message(parts, [reply])
+        self.core.message(data, [reply])
         # The end of the data is a synchronisation point (RFC 2920): the
         # reply is read now, pipelining or not.
         self._flush_pipeline()
@@ -368,7 +368,7 @@ class LmtpClient(Client):
         self.rcpttos.append((address, reply))
         return reply
 
-    def send_data(self, *parts: bytes) -> list[tuple[str, Reply]]:  # type: ignore[override]
+    def send_data(self, *data: bytes) -> list[tuple[str, Reply]]:  # type: ignore[override]
         """Send the message; returns ``[(recipient, reply)]`` per accepted recipient."""
         # Every RCPT reply must be known to tell how many data replies follow.
         self._flush_pipeline()
@@ -378,7 +378,7 @@ class LmtpClient(Client):
             if (rcpt_reply.code or "").startswith("2")
         ]
         self.rcpttos = []
-        self.core.message(parts, [reply for _, reply in results])
+        self.core.message(data, [reply for _, reply in results])
         self._flush_pipeline()
         return results
 

@@ -131,3 +131,11 @@ def test_disabled_loggers_touch_nothing(caplog):
     getHttpLogger("test.logothers.quiet").wsgi_request(boom)  # type: ignore[arg-type]
     getQueueStorageLogger("test.logothers.quiet").remove("x")
     assert caplog.records == []
+
+
+def test_logging_log_module_forwards_to_logline():
+    from slimta import logging as slimta_logging
+    from slimta.logging import log
+
+    assert log.logline is slimta_logging.logline
+    assert len(log.log_repr.repr("x" * 1000)) < 110
