@@ -1,0 +1,1 @@
+"""Integration tests of slimta.util.proxyproto over loopback sockets."""
