@@ -179,6 +179,17 @@ class Client:
             reply.message = self.extensions.parse_string(reply.message or "")
         return reply
 
+    def lhlo(self, lhlo_as: str) -> Reply:
+        """Send LHLO (RFC 2033, the LMTP greeting); fills :attr:`extensions` on 250."""
+        reply = self._new_reply("LHLO")
+        reply.enhanced_status_code = False
+        self.core.command("LHLO", lhlo_as, reply)
+        self._flush_pipeline()
+        self.extensions.reset()
+        if reply.code == "250":
+            reply.message = self.extensions.parse_string(reply.message or "")
+        return reply
+
     def helo(self, helo_as: str) -> Reply:
         """Send HELO (no extensions)."""
         reply = self._new_reply("HELO")
@@ -351,16 +362,9 @@ class LmtpClient(Client):
         raise NotImplementedError("LMTP uses LHLO")
 
     def lhlo(self, lhlo_as: str) -> Reply:
-        """Send LHLO; on 250, :attr:`extensions` holds what the server offers."""
-        reply = self._new_reply("LHLO")
-        reply.enhanced_status_code = False
-        self.core.command("LHLO", lhlo_as, reply)
-        self._flush_pipeline()
-        self.extensions.reset()
+        """Send LHLO and forget earlier recipients."""
         self.rcpttos = []
-        if reply.code == "250":
-            reply.message = self.extensions.parse_string(reply.message or "")
-        return reply
+        return super().lhlo(lhlo_as)
 
     def rcptto(self, address: str, params: dict[str, str | bool] | None = None) -> Reply:
         """Send RCPT and remember it: each accepted one gets a data reply."""
