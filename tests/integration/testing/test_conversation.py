@@ -18,8 +18,8 @@ from slimta.testing import (
     HelperTimeout,
     RecordingRelay,
     SmtpConversation,
+    _tls,
 )
-from slimta.testing import _tls
 
 MESSAGE = b"From: a@example.com\r\nSubject: hi\r\n\r\nHello\r\n.leading dot\r\n"
 
@@ -136,7 +136,7 @@ def test_raw_bytes_and_pipelined_replies(smtp_conversation):
 def test_waiting_for_a_reply_that_never_comes_times_out(smtp_conversation):
     conv = smtp_conversation(timeout=0.2)
     conv.ehlo()
-    with pytest.raises(HelperTimeout, match="2 replies to raw data within 0.2 s"):
+    with pytest.raises(HelperTimeout, match=r"2 replies to raw data within 0\.2 s"):
         conv.raw(b"NOOP\r\n", replies=2)
     with pytest.raises(ConversationClosed, match="helper timeout"):
         conv.noop()

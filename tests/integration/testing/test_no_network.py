@@ -25,9 +25,9 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
     # address.
     if not _recording:
         return
-    if event == "socket.__new__" and args[1] in _INET:
-        _events.append((event, args[1:]))
-    elif event in ("socket.bind", "socket.connect") and isinstance(args[1], tuple):
+    made_inet = event == "socket.__new__" and args[1] in _INET
+    used_address = event in ("socket.bind", "socket.connect") and isinstance(args[1], tuple)
+    if made_inet or used_address:
         _events.append((event, args[1:]))
 
 

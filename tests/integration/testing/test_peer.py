@@ -22,7 +22,9 @@ def _eventually(condition, timeout=5.0):
 
 
 def _relay(peer, **kwargs):
-    return StaticSmtpRelay("peer.example.test", 25, socket_creator=peer.socket_creator, ehlo_as="relay.test", **kwargs)
+    return StaticSmtpRelay(
+        "peer.example.test", 25, socket_creator=peer.socket_creator, ehlo_as="relay.test", **kwargs
+    )
 
 
 def test_a_relay_delivers_and_the_exact_bytes_are_kept(recording_smtp_peer):
@@ -52,7 +54,9 @@ def test_per_recipient_refusals(recording_smtp_peer):
     recording_smtp_peer.set_reply("RCPT", "451", "4.3.0 Try later", address="later@example.com", times=1)
     relay = _relay(recording_smtp_peer)
     try:
-        result = relay.attempt(make_envelope(recipients=["ok@example.com", "bad@example.com", "later@example.com"]), 0)
+        result = relay.attempt(
+            make_envelope(recipients=["ok@example.com", "bad@example.com", "later@example.com"]), 0
+        )
         assert isinstance(result["bad@example.com"], PermanentRelayError)
         assert isinstance(result["later@example.com"], TransientRelayError)
         assert result["ok@example.com"].code == "250"
@@ -67,7 +71,7 @@ def test_whole_message_refused_after_data(recording_smtp_peer):
     recording_smtp_peer.set_reply("HAVE_DATA", "554", "5.7.1 Spam")
     relay = _relay(recording_smtp_peer)
     try:
-        with pytest.raises(PermanentRelayError, match="5.7.1 Spam"):
+        with pytest.raises(PermanentRelayError, match=r"5\.7\.1 Spam"):
             relay.attempt(make_envelope(), 0)
     finally:
         relay.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import gevent
@@ -47,7 +48,7 @@ def test_retries_follow_the_default_backoff_without_waiting(queue_clock):
         offsets = [t - start for t in relay.times]
         # Postfix's schedule: 300 s, then doubling, capped at 4000 s.
         assert offsets[:5] == [0, 300, 900, 2100, 4500]
-        assert all(b - a == 4000 for a, b in zip(offsets[4:], offsets[5:], strict=False))
+        assert all(b - a == 4000 for a, b in itertools.pairwise(offsets[4:]))
     finally:
         queue.kill()
     assert time.monotonic() - real_start < 5

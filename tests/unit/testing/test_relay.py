@@ -97,7 +97,12 @@ def test_behind_a_queue_per_recipient_results_are_honoured():
     relay.script({"a@t": DELIVER, "b@t": PermanentRelayError("gone"), "c@t": TransientRelayError("busy")})
     bounces = []
     store = DictStorage()
-    queue = Queue(store, relay, backoff=lambda env, n: 3600.0, bounce_factory=lambda env, reply: bounces.append((env.recipients, reply.code)))
+    queue = Queue(
+        store,
+        relay,
+        backoff=lambda env, n: 3600.0,
+        bounce_factory=lambda env, reply: bounces.append((env.recipients, reply.code)),
+    )
     queue.start()
     try:
         queue.enqueue(make_envelope(recipients=["a@t", "b@t", "c@t"]))
