@@ -171,7 +171,7 @@ class Server:
             self._call("CLOSE")
 
     def _loop(self, conn: ServerConnection) -> None:
-        dispatch = self._dispatch_table()
+        dispatch = _DISPATCH
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
@@ -182,7 +182,7 @@ class Server:
                 self.io.send(conn.data_to_send())
                 return
             try:
-                dispatch[type(event)](event)
+                dispatch[type(event)](self, event)
             except (ConnectionLost, Timeout):
                 raise
             except Exception:
@@ -237,25 +237,6 @@ class Server:
     def _send_timeout(self) -> None:
         with contextlib.suppress(ConnectionLost):
             self.io.send(TIMED_OUT.to_bytes())
-
-    def _dispatch_table(self) -> dict[type, Callable[[Any], None]]:
-        return {
-            Greeting: self._on_greeting,
-            Ehlo: self._on_ehlo,
-            Helo: self._on_helo,
-            StartTls: self._on_starttls,
-            Auth: self._on_auth,
-            AuthResponse: self._on_auth_response,
-            MailFrom: self._on_mail,
-            RcptTo: self._on_rcpt,
-            Data: self._on_data,
-            Bdat: self._on_bdat,
-            MessageReceived: self._on_message,
-            Rset: self._on_simple("RSET", "250", "2.0.0 Ok"),
-            Noop: self._on_simple("NOOP", "250", "2.0.0 Ok"),
-            Quit: self._on_simple("QUIT", "221", "2.0.0 Bye"),
-            UnknownCommand: self._on_unknown,
-        }
 
     # -- helpers ------------------------------------------------------------------
 
@@ -396,19 +377,47 @@ class Server:
         self._call("HAVE_DATA", reply, data, err)
         self._reply(reply)
 
-    def _on_simple(self, which: str, code: str, message: str) -> Callable[[Any], None]:
-        def handle(event: Any) -> None:
-            reply = Reply(code, message)
-            self._call(which, reply)
-            self._reply(reply)
+    def _on_rset(self, event: Rset) -> None:
+        reply = Reply("250", "2.0.0 Ok")
+        self._call("RSET", reply)
+        self._reply(reply)
 
-        return handle
+    def _on_noop(self, event: Noop) -> None:
+        reply = Reply("250", "2.0.0 Ok")
+        self._call("NOOP", reply)
+        self._reply(reply)
+
+    def _on_quit(self, event: Quit) -> None:
+        reply = Reply("221", "2.0.0 Bye")
+        self._call("QUIT", reply)
+        self._reply(reply)
 
     def _on_unknown(self, event: UnknownCommand) -> None:
         reply = Reply().copy(UNKNOWN_COMMAND)
         if event.verb not in _RESERVED_HOOKS and event.verb.isalpha():
             self._call(event.verb, reply, event.arg, self)
         self._reply(reply)
+
+
+# One table for every session (a per-session dict of bound methods cost
+# about 2 KiB of memory per idle connection).
+_DISPATCH: dict[type, Callable[[Server, Any], None]] = {
+    Greeting: Server._on_greeting,
+    Ehlo: Server._on_ehlo,
+    Helo: Server._on_helo,
+    StartTls: Server._on_starttls,
+    Auth: Server._on_auth,
+    AuthResponse: Server._on_auth_response,
+    MailFrom: Server._on_mail,
+    RcptTo: Server._on_rcpt,
+    Data: Server._on_data,
+    Bdat: Server._on_bdat,
+    MessageReceived: Server._on_message,
+    Rset: Server._on_rset,
+    Noop: Server._on_noop,
+    Quit: Server._on_quit,
+    UnknownCommand: Server._on_unknown,
+}
 
 
 class _ReadTimedOut(BaseException):
