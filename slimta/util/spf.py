@@ -176,14 +176,16 @@ def _parse_mechanism(qualifier: str, name: str, rest: str, text: str) -> _Mechan
 def _parse_network(qualifier: str, name: str, rest: str, text: str) -> _Mechanism | str:
     address, slash, length = rest[1:].partition("/")
     limit = 32 if name == "ip4" else 128
-    cidr = _cidr(length if slash else None, limit) if re.fullmatch(_CIDR, length or "0") else None
-    if not rest.startswith(":") or cidr is None:
+    if not rest.startswith(":") or (slash and re.fullmatch(_CIDR, length) is None):
         return f"invalid term {text!r}"
+    cidr = _cidr(length if slash else None, limit)
     try:
         addr = ipaddress.IPv4Address(address) if name == "ip4" else ipaddress.IPv6Address(address)
+        network = ipaddress.ip_network(f"{addr}/{cidr}", strict=False)
     except ValueError:
         return f"invalid address in {text!r}"
-    network = ipaddress.ip_network(f"{addr}/{cidr}", strict=False)
+    if cidr is None or "%" in address:
+        return f"invalid term {text!r}"
     return _Mechanism(qualifier, name, text, None, network)
 
 

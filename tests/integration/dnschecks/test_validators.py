@@ -59,7 +59,7 @@ def edge_port(dns_resolver: DNSResolver) -> Iterator[tuple[int, Queue]]:
     edge.start()
     gevent.sleep(0)
     try:
-        yield edge.server.address[1], queue
+        yield int(edge.server.address[1]), queue
     finally:
         edge.kill(block=True, timeout=2)
 
