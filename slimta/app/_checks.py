@@ -52,6 +52,8 @@ def check(config: Config) -> None:
     for kind, sections in (("edge", config.edges), ("queue", config.queues), ("relay", config.relays)):
         seen: set[str] = set()
         for section in sections:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", section.name):
+                raise section.error("name", f"{section.name!r}: use letters, digits, '_', '.' and '-' only")
             if section.name in seen:
                 raise section.error("name", f"another {kind} is already called {section.name!r}")
             seen.add(section.name)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -516,7 +517,9 @@ class Node:
         ]
         # Attempts in flight may still use the old relays; let them finish.
         gevent.spawn_later(600, _kill_relays, list(old_relays.values()))
-        slimta_logging.logline(_log.info, "config", config.source, "reload", new_listeners=bound)
+        slimta_logging.logline(
+            _log.info, "config", os.getpid(), "reload", source=config.source, new_listeners=bound
+        )
 
     def _close_unused_sockets(self, config: Config) -> None:
         wanted = {text for edge in config.edges for text in edge["listen"]}

@@ -420,6 +420,10 @@ def _section(kind: str, index: int | None, table: Any, source: str, lines: LineM
     section.lines = {key: line for (s, i, key), line in lines.items() if s == kind and i == index and key}
     if not isinstance(table, dict):
         raise section.error(None, "must be a table")
+    if index is not None:
+        # Known before the other keys, so that their errors can name it.
+        name = table.get("name")
+        section.values["name"] = name if isinstance(name, str) and name else f"{kind}{index}"
     common, by_type = SCHEMA[kind]
     keys = dict(common)
     if by_type:
@@ -434,14 +438,14 @@ def _section(kind: str, index: int | None, table: Any, source: str, lines: LineM
             hint = _other_type_hint(kind, key)
             raise section.error(key, f"unknown key {key!r}{hint}")
     for key, spec in keys.items():
+        if key == "name" and index is not None and key not in table:
+            continue
         if key in table:
             section.values[key] = _coerce(section, key, spec, table[key])
         elif spec.default is _REQUIRED:
             raise section.error(None, f"the key {key!r} is required")
         else:
             section.values[key] = _copy(spec.default)
-    if index is not None and not section.values.get("name"):
-        section.values["name"] = f"{kind}{index}"
     for key in _PATH_KEYS & set(section.values):
         if section.values[key]:
             section.values[key] = os.path.abspath(section.values[key])

@@ -159,7 +159,7 @@ class Runner:
         try:
             config = read_config(self.path)
         except ConfigError as exc:
-            slimta_logging.logline(_log.error, "config", self.config.source, "reload_failed", error=str(exc))
+            slimta_logging.logline(_log.error, "config", os.getpid(), "reload_failed", error=str(exc))
             return
         for key in ("user", "group", "pid_file", "daemon", "control_socket"):
             if config.process[key] != self.config.process[key]:
@@ -170,7 +170,7 @@ class Runner:
         try:
             self.node.reload(config)
         except (SlimtaError, OSError) as exc:
-            slimta_logging.logline(_log.error, "config", config.source, "reload_failed", error=str(exc))
+            slimta_logging.logline(_log.error, "config", os.getpid(), "reload_failed", error=str(exc))
             return
         setup_logging(config)
         if config.process["metrics"] != self.config.process["metrics"]:
@@ -235,7 +235,7 @@ class Runner:
         host, port = parse_address(address)
         self._metrics_server = WSGIServer((host, port), self.metrics.wsgi_app(), log=None)
         self._metrics_server.start()
-        slimta_logging.logline(_log.info, "metrics", address, "listen")
+        slimta_logging.logline(_log.info, "metrics", os.getpid(), "listen", address=address)
 
 
 def run(path: str | None, daemon: bool) -> int:
