@@ -50,7 +50,10 @@ setup(
         "test": TEST_REQUIRES,
         "dev": DEV_REQUIRES,
     },
-    entry_points={},
+    entry_points={
+        # Fixtures for users' own tests (slimta.testing); loaded by pytest only.
+        "pytest11": ["slimta = slimta.testing.pytest_plugin"],
+    },
     classifiers=[
         "Development Status :: 3 - Alpha",
         "Intended Audience :: Developers",

@@ -102,8 +102,8 @@ class QueueStorage:
     queue treats the same way).  :meth:`wait`, :meth:`get_info`,
     :meth:`set_last_error` and :meth:`inspect` have working defaults.
 
-    ``tests/storage_conformance.py`` holds the test suite every backend must
-    pass.
+    :class:`slimta.testing.storage.StorageConformance` is the test suite
+    every backend must pass; run it against your own backend too.
     """
 
     def write(self, envelope: Envelope, timestamp: float) -> str:

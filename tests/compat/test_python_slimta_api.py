@@ -32,7 +32,6 @@ EXCLUDED: dict[str, str] = {
     "slimta.smtp.reply.Reply.send": "Reply is a value; the server and client write replies",
     "slimta.smtp.reply.Reply.recv": "Reply is a value; the client core parses replies",
     "slimta.diskstorage": "python-slimta's module needs pyaio, which cannot be installed",
-    "slimta.util.spf": "python-slimta's module needs pyspf, which is not installed",
 }
 
 
