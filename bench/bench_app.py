@@ -1,0 +1,139 @@
+"""The ``slimta`` command: start-up time and default-config throughput.
+
+Run::
+
+    .venv/bin/python bench/bench_app.py            # 5 start-ups, 3,000 messages
+    .venv/bin/python bench/bench_app.py --quick    # 3 start-ups, 1,000 messages
+
+* **Start-up**: ``python -m slimta run`` with the embedded default (its port
+  moved to a free one), timed from the process start to the first ``220``
+  banner read on a new connection (issue 7: under 1 s).
+* **Throughput**: the same node (disk queue with fsync, Maildir delivery
+  with fsync: the embedded default) loaded by Postfix's ``smtp-source``
+  (1 KiB, 50 sessions, one message per connection, every message to
+  ``rcpt@localhost``).  Reported: messages/s accepted (``smtp-source``'s
+  wall time) and end to end (until the last Maildir file exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from slimta.app.config import DEFAULT_CONFIG  # noqa: E402
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(directory: Path, port: int) -> tuple[subprocess.Popen[bytes], float]:
+    config = directory / "slimta.toml"
+    config.write_text(
+        DEFAULT_CONFIG.replace("127.0.0.1:2525", f"127.0.0.1:{port}").replace(
+            'log_level = "info"', 'log_level = "warning"'
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slimta", "run", "-c", str(config)],
+        cwd=directory,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                if sock.recv(100).startswith(b"220"):
+                    return proc, time.perf_counter() - t0
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"slimta exited with {proc.returncode}") from None
+            time.sleep(0.002)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def startup(rounds: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "out") as tmp:
+            proc, seconds = start(Path(tmp), free_port())
+            stop(proc)
+            times.append(seconds)
+    return times
+
+
+def throughput(count: int, sessions: int, size: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "out") as tmp:
+        directory = Path(tmp)
+        port = free_port()
+        proc, _ = start(directory, port)
+        new = directory / "var" / "mail" / "rcpt" / "new"
+        try:
+            load = [SMTP_SOURCE, "-M", "bench.example", "-f", "s@bench.example", "-t", "rcpt@localhost"]
+            subprocess.run([*load, "-s", "10", "-m", "100", "-l", str(size), f"127.0.0.1:{port}"], check=True)
+            while len(os.listdir(new)) < 100:
+                time.sleep(0.01)
+            t0 = time.perf_counter()
+            subprocess.run(
+                [*load, "-s", str(sessions), "-m", str(count), "-l", str(size), f"127.0.0.1:{port}"],
+                check=True,
+            )
+            accepted = time.perf_counter() - t0
+            while len(os.listdir(new)) < count + 100:
+                time.sleep(0.01)
+            delivered = time.perf_counter() - t0
+        finally:
+            stop(proc)
+    return {"accepted": count / accepted, "end_to_end": count / delivered}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--size", type=int, default=1024)
+    args = parser.parse_args()
+    (ROOT / "bench" / "out").mkdir(exist_ok=True)
+    rounds = 3 if args.quick else 5
+    if args.quick:
+        args.messages = 1000
+    times = startup(rounds)
+    print(
+        f"start-up to first 220 banner: median {statistics.median(times):.3f} s, max {max(times):.3f} s ({rounds} runs)"
+    )
+    if not shutil.which(SMTP_SOURCE):
+        sys.exit(f"{SMTP_SOURCE} missing: apt-get install postfix")
+    rates = throughput(args.messages, args.sessions, args.size)
+    print(
+        f"default config (disk queue + Maildir), {args.size} B, {args.sessions} sessions, {args.messages} messages: "
+        f"{rates['accepted']:.0f} msg/s accepted, {rates['end_to_end']:.0f} msg/s delivered end to end"
+    )
+
+
+if __name__ == "__main__":
+    main()
