@@ -118,7 +118,7 @@ _PROCESS = {
     "log_level": _k("str", "info", "debug, info, warning, error or critical"),
     "socket_error_log_level": _k("str", "error", "level of socket error lines"),
     "grace_period": _k("float", 10.0, "seconds sessions get to finish at shutdown"),
-    "control_socket": _k("str", "./var/control.sock", "Unix socket for `slimta queue` (empty: none)"),
+    "control_socket": _k("str", "./var/control.sock", "Unix socket for slimta queue (empty: none)"),
     "metrics": _k("str", "", "host:port of the Prometheus endpoint (empty: off)"),
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,10 +76,9 @@ def test_missing_cert_file(tmp_path: Path) -> None:
     assert f"edge 'smtp': tls_cert: file '{tmp_path}/nope.pem' does not exist" in err
 
 
-def test_unreadable_credentials_file(tmp_path: Path, tls_files: object) -> None:
+def test_unreadable_credentials_file(tmp_path: Path, tls_files: Any) -> None:
     extra = (
-        f'tls_cert = "{tls_files.cert}"\ntls_key = "{tls_files.key}"\n'  # type: ignore[attr-defined]
-        f'auth = true\ncredentials = "{tmp_path}"'
+        f'tls_cert = "{tls_files.cert}"\ntls_key = "{tls_files.key}"\nauth = true\ncredentials = "{tmp_path}"'
     )
     status, err = _check(tmp_path, config_text(2525, edge_extra=extra))
     assert status == 2
@@ -86,9 +86,9 @@ def test_unreadable_credentials_file(tmp_path: Path, tls_files: object) -> None:
     assert "cannot read the credentials file" in err
 
 
-def test_missing_credentials_file(tmp_path: Path, tls_files: object) -> None:
+def test_missing_credentials_file(tmp_path: Path, tls_files: Any) -> None:
     extra = (
-        f'tls_cert = "{tls_files.cert}"\ntls_key = "{tls_files.key}"\n'  # type: ignore[attr-defined]
+        f'tls_cert = "{tls_files.cert}"\ntls_key = "{tls_files.key}"\n'
         f'auth = true\ncredentials = "{tmp_path}/missing"'
     )
     status, err = _check(tmp_path, config_text(2525, edge_extra=extra))
@@ -96,12 +96,11 @@ def test_missing_credentials_file(tmp_path: Path, tls_files: object) -> None:
     assert "No such file or directory" in err
 
 
-def test_malformed_credentials_line(tmp_path: Path, tls_files: object) -> None:
+def test_malformed_credentials_line(tmp_path: Path, tls_files: Any) -> None:
     creds = tmp_path / "creds"
     creds.write_text("# users\nalice:$pbkdf2-sha256$x\nbob\n")
     extra = (
-        f'tls_cert = "{tls_files.cert}"\ntls_key = "{tls_files.key}"\n'  # type: ignore[attr-defined]
-        f'auth = true\ncredentials = "{creds}"'
+        f'tls_cert = "{tls_files.cert}"\ntls_key = "{tls_files.key}"\nauth = true\ncredentials = "{creds}"'
     )
     status, err = _check(tmp_path, config_text(2525, edge_extra=extra))
     assert status == 2

@@ -38,6 +38,7 @@ def _queue(tmp_path: Path, *args: str) -> tuple[int, Any, str]:
 
 
 def _wait_deferred(tmp_path: Path, count: int) -> list[dict[str, Any]]:
+    rows: Any = None
     for _ in range(100):
         _, rows, _ = _queue(tmp_path, "list", "--json")
         if len(rows) == count and all(r["state"] == "deferred" for r in rows):

@@ -7,6 +7,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import gevent
 import pytest
 from gevent import subprocess
 
@@ -127,12 +128,11 @@ def test_relay_networks_may_relay_to_smtp_sink(tmp_path: Path, slimta_node: Any)
         slimta_node(config).start(port)
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             assert client.sendmail("a@example.test", ["x@remote.test"], MESSAGE) == {}
+        files: list[Path] = []
         for _ in range(200):
             files = list(dump.iterdir())
             if files:
                 break
-            import gevent
-
             gevent.sleep(0.05)
         assert files
         assert b"Hello." in files[0].read_bytes()
