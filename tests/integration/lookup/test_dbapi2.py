@@ -30,7 +30,10 @@ def database(tmp_path):
             CREATE TABLE aliases (address TEXT PRIMARY KEY, alias TEXT);
             """
         )
-        conn.execute("INSERT INTO users VALUES (?, ?, ?)", ("alice", sha512_crypt.using(rounds=5000).hash("correct horse"), 10))
+        conn.execute(
+            "INSERT INTO users VALUES (?, ?, ?)",
+            ("alice", sha512_crypt.using(rounds=5000).hash("correct horse"), 10),
+        )
         conn.execute("INSERT INTO users VALUES (?, ?, ?)", ("bob", "plain-secret", 0))
         conn.execute("INSERT INTO aliases VALUES (?, ?)", ("info@example.com", "alice@example.com"))
         conn.commit()
