@@ -79,7 +79,10 @@ class EdgeServer(Edge, gevent.Greenlet):  # type: ignore[type-arg]
         kwargs: dict[str, Any] = {"spawn": spawn}
         if isinstance(listener, tuple):
             kwargs["backlog"] = LISTEN_BACKLOG
-        self.server = StreamServer(listener, self._handle, **kwargs)
+        self._pool = pool
+        server = _Listener(listener, self._handle, **kwargs)
+        server.edge = self
+        self.server: StreamServer = server
         self.server.init_socket()
 
     def _handle(self, socket: Any, address: Any) -> None:
@@ -87,6 +90,15 @@ class EdgeServer(Edge, gevent.Greenlet):  # type: ignore[type-arg]
             self.handle(socket, address)
         finally:
             socket.close()
+
+    def _take_over(self, socket: Any, address: Any) -> bool:
+        """Called from the event loop for each accepted connection.
+
+        Return True to take the connection over (the edge then spawns and
+        closes it itself); the default lets the ``StreamServer`` spawn
+        :meth:`handle` in the pool, as in 4.0.
+        """
+        return False
 
     def handle(self, socket: Any, address: Any) -> None:
         """Serve one connection; subclasses implement the protocol."""
@@ -100,3 +112,15 @@ class EdgeServer(Edge, gevent.Greenlet):  # type: ignore[type-arg]
         """Stop accepting connections and stop the greenlet."""
         self.server.stop()
         gevent.Greenlet.kill(self, *args, **kwargs)
+
+
+class _Listener(StreamServer):
+    """A ``StreamServer`` that offers each accepted connection to its edge first."""
+
+    edge: EdgeServer | None = None
+
+    def do_handle(self, *args: Any) -> None:
+        edge = self.edge
+        if edge is not None and edge._take_over(*args):
+            return
+        super().do_handle(*args)

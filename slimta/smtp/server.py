@@ -10,19 +10,40 @@ python-slimta 4.0: ``EHLO(reply, ehlo_as)``, ``MAIL(reply, address, params)``,
 the core needs more input, so a pipelined group of commands is answered in a
 single write (RFC 2920).
 
-Timeouts: every read waits at most ``command_timeout`` (``data_timeout``
-while message data flows), the TLS handshake and AUTH exchanges included.
-A timeout answers ``421 4.4.2`` and ends the session.
+Timeouts: each command must arrive whole within ``command_timeout`` of the
+previous one being answered (a client trickling a line one octet at a time
+does not reset it), the TLS handshake and AUTH exchanges included.  A
+message's data must arrive within ``data_timeout`` and, after
+:attr:`Server.data_rate_grace` seconds, at :attr:`Server.min_data_rate`
+octets per second or better.  :attr:`Server.session_timeout` caps the whole
+session.  A timeout answers ``421 4.4.2`` and ends the session.
+
+Early talkers: a client that sends before the banner (RFC 5321 4.3.1 says it
+must wait for it) is answered ``554 5.5.0`` and disconnected.  The check
+costs nothing by default (input already queued when the session starts);
+:attr:`Server.greet_pause` makes the server wait that long for such input
+before its banner, as Postfix's postscreen does.
+
+Parking: :meth:`Server.handle` runs the whole session in the calling
+greenlet.  An edge may instead call :meth:`Server.start` and
+:meth:`Server.run` with ``park=True``: when the session waits for a command
+with nothing to do, :meth:`Server.run` returns True and the caller may let
+its greenlet end after :meth:`Server.park`, which watches the socket and the
+deadline from the event loop and calls back when there is work again.  The
+sans-IO core keeps the whole session state, so an idle session costs no
+greenlet and no stack.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socket as _socket
 import time
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import gevent.socket
 from gevent import Timeout
 
 from slimta.smtp import ConnectionLost, MessageTooBig, SmtpError
@@ -39,6 +60,7 @@ from slimta.smtp.protocol import (
     Ehlo,
     Greeting,
     Helo,
+    InputMode,
     MailFrom,
     MessageReceived,
     Noop,
@@ -56,13 +78,16 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable
 
-__all__ = ["DEFAULT_COMMAND_TIMEOUT", "DEFAULT_DATA_TIMEOUT", "Server"]
+__all__ = ["DEFAULT_COMMAND_TIMEOUT", "DEFAULT_DATA_TIMEOUT", "EARLY_TALKER", "Server"]
 
 #: Seconds to wait for a command when ``command_timeout`` is None (RFC 5321
 #: 4.5.3.2.7 asks servers to wait at least 5 minutes).
 DEFAULT_COMMAND_TIMEOUT = 300.0
 #: Seconds for the whole of a message's data when ``data_timeout`` is None.
 DEFAULT_DATA_TIMEOUT = 600.0
+
+#: The reply to a client that sent before the banner (RFC 5321 4.3.1).
+EARLY_TALKER = Reply("554", "5.5.0 Protocol error: data sent before the greeting")
 
 # Verbs a client could send that must never reach a handler method of the
 # same name: they are the driver's own hooks, not SMTP commands.
@@ -137,6 +162,36 @@ class Server:
         # When the data of the current message must be complete (monotonic).
         self._data_deadline: float | None = None
         self._auth_mechanism: ServerMechanism | None = None
+        #: Seconds the whole session may last (None: no cap).
+        #:
+        #: .. versionadded:: 5.0
+        self.session_timeout: float | None = None
+        #: Octets per second a message's data must arrive at, once
+        #: :attr:`data_rate_grace` seconds have passed (None: no minimum).
+        #:
+        #: .. versionadded:: 5.0
+        self.min_data_rate: float | None = None
+        #: Seconds of message data before :attr:`min_data_rate` applies.
+        self.data_rate_grace = 10.0
+        #: Seconds to wait, before the banner, for a client that talks too
+        #: early (0: only check what is already queued).
+        #:
+        #: .. versionadded:: 5.0
+        self.greet_pause = 0.0
+        #: Refuse clients that send before the banner with ``554 5.5.0``.
+        self.reject_early_talkers = True
+        #: Called before each AUTH exchange; a reply it returns refuses the
+        #: attempt (per-client AUTH failure limits).
+        self.auth_gate: Callable[[], Reply | None] | None = None
+        self._hangup = False
+        self._started = 0.0
+        # The command deadline and the number of events answered when it
+        # was set: it is renewed only once a command has been answered.
+        self._command_deadline = 0.0
+        self._deadline_events = -1
+        self._events = 0
+        self._data_started = 0.0
+        self._data_octets = 0
 
     @property
     def encrypted(self) -> bool:
@@ -152,35 +207,72 @@ class Server:
             ConnectionLost: the connection broke or timed out.
             Exception: whatever a handler raised (after ``421 4.3.0`` was sent).
         """
+        if not self.start():
+            return
+        try:
+            self.run()
+        finally:
+            self.finish()
+
+    def start(self) -> bool:
+        """Prepare the session (implicit TLS first); False if it cannot start.
+
+        .. versionadded:: 5.0
+        """
+        self._started = time.monotonic()
         self._command_timer = _ReadTimer(self.command_timeout)
         self.io.send_timeout = self.command_timeout
         if self.context is not None and self.tls_immediately and not self._encrypt():
-            return
+            self._command_timer.close()
+            return False
         size = self.extensions.getparam("SIZE", filter=int)
         if "SIZE" in self.extensions and size is not None and size > 0:
             self.limits = _with_size(self.limits, size)
         elif self.limits.max_message_size is not None:
             self.extensions.add("SIZE", self.limits.max_message_size)
-        conn = self.conn = ServerConnection(
+        self.conn = ServerConnection(
             self.extensions, self.limits, encrypted=self.encrypted, auth_mechanisms=self.auth_mechanisms
         )
-        try:
-            self._loop(conn)
-        finally:
-            self._command_timer.close()
-            self._call("CLOSE")
+        return True
 
-    def _loop(self, conn: ServerConnection) -> None:
+    def run(self, *, park: bool = False) -> bool:
+        """Serve the session; True if it stopped to park, False once it ended.
+
+        With ``park`` the loop returns instead of waiting for the next
+        command whenever the session is idle between commands (see
+        :meth:`park`).
+
+        Raises:
+            ConnectionLost: the connection broke or timed out.
+            Exception: whatever a handler raised (after ``421 4.3.0`` was sent).
+
+        .. versionadded:: 5.0
+        """
+        assert self.conn is not None
+        return self._loop(self.conn, park)
+
+    def finish(self) -> None:
+        """Release the session's timer and call the ``CLOSE`` hook.
+
+        .. versionadded:: 5.0
+        """
+        self._command_timer.close()
+        self._call("CLOSE")
+
+    def _loop(self, conn: ServerConnection, park: bool = False) -> bool:
         dispatch = _DISPATCH
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
                 self.io.send(conn.data_to_send())
+                if park and conn.mode is InputMode.COMMAND and self._parkable():
+                    return True
                 conn.receive_data(self._recv(conn))
                 continue
             if isinstance(event, ConnectionClosed):
                 self.io.send(conn.data_to_send())
-                return
+                return False
+            self._events += 1
             try:
                 dispatch[type(event)](self, event)
             except (ConnectionLost, Timeout):
@@ -192,34 +284,135 @@ class Server:
                 self._send_canned(UNHANDLED_ERROR)
                 self.io.send(conn.data_to_send())
                 raise
-            if conn.closed:
+            if conn.closed or self._hangup:
                 self.io.send(conn.data_to_send())
-                return
+                return False
             if not isinstance(event, Bdat) or event.last:
                 # The data deadline (see _recv) spans one message: DATA's
                 # content, or every BDAT chunk up to LAST.
                 self._data_deadline = None
 
-    def _recv(self, conn: ServerConnection) -> bytes:
-        timeout = self.command_timeout
+    # -- parking ---------------------------------------------------------------
+
+    def _parkable(self) -> bool:
+        # Decrypted TLS data may wait inside the SSL object with nothing
+        # left to read on the socket: only an empty SSL buffer can park.
+        return not self.io.encrypted or not self.io.socket.pending()
+
+    def park(self, wake: Callable[[Server, bool], None]) -> Any:
+        """Wait for input (or the deadline) from the event loop, not a greenlet.
+
+        ``wake(server, timed_out)`` is called from the event loop (it must
+        not block: it should spawn a greenlet that calls :meth:`resume`).
+
+        Returns:
+            A handle whose ``cancel()`` stops watching without waking.
+
+        .. versionadded:: 5.0
+        """
+        assert self.conn is not None
+        remaining, fresh = self._read_timeout(self.conn)
+        loop = gevent.get_hub().loop
+        watcher = loop.io(self.io.socket.fileno(), 1)
+        parked: _Parked
+        if fresh:
+            # libev resumes a stopped timer with its remaining time; "again"
+            # restarts it from its full period.
+            timer = self._command_timer.timer
+            parked = _Parked(self, watcher, timer, wake)
+            timer.again(parked.fire, True, update=True)
+        else:
+            timer = loop.timer(max(remaining, 0.0))
+            parked = _Parked(self, watcher, timer, wake)
+            timer.start(parked.fire, True, update=True)
+        watcher.start(parked.fire, False)
+        return parked
+
+    def resume(self, timed_out: bool) -> bool:
+        """Continue a parked session; True if it parked again, False once it ended.
+
+        Raises:
+            ConnectionLost: the connection broke or timed out.
+
+        .. versionadded:: 5.0
+        """
+        conn = self.conn
+        assert conn is not None
+        if timed_out:
+            self._send_timeout()
+            raise ConnectionLost("Timed out waiting for the client")
+        conn.receive_data(self._recv(conn))
+        return self._loop(conn, True)
+
+    # -- reading -----------------------------------------------------------------
+
+    def _read_timeout(self, conn: ServerConnection) -> tuple[float, bool]:
+        """Seconds left for the read about to start, and whether they are fresh.
+
+        Fresh means a new, uncapped command deadline, served by the shared
+        timer of the session.
+        """
+        now = time.monotonic()
+        fresh = False
         if conn.in_data:
             # Fix: data_timeout bounds the whole of a message's data, as
             # documented, not each read: a client trickling one octet per
             # read used to keep the session alive for ever (slowloris).
-            now = time.monotonic()
             if self._data_deadline is None:
                 self._data_deadline = now + self.data_timeout
-            timeout = self._data_deadline - now
-            if timeout <= 0:
-                self._send_timeout()
-                raise ConnectionLost("Timed out waiting for the client")
-        # One re-armed timer serves every command read of the session (a new
-        # Timeout object per read was a measurable share of a small
-        # message's CPU); data reads use their remaining deadline.
-        timer = self._command_timer if timeout == self.command_timeout else _ReadTimer(timeout)
+                self._data_started = now
+                self._data_octets = 0
+            deadline = self._data_deadline
+            rate = self.min_data_rate
+            if rate:
+                # Postfix's smtpd_min_data_rate: every octet received buys
+                # 1/rate seconds more, after a grace period.
+                earned = self._data_started + self.data_rate_grace + self._data_octets / rate
+                deadline = min(deadline, earned)
+        else:
+            if self._deadline_events != self._events:
+                # A command was answered since the deadline was set: the next
+                # one gets a fresh command_timeout.  Partial lines do not
+                # renew it (one octet every few seconds is a slowloris).
+                self._deadline_events = self._events
+                self._command_deadline = now + self.command_timeout
+                fresh = True
+            deadline = self._command_deadline
+        if self.session_timeout is not None:
+            end = self._started + self.session_timeout
+            if end < deadline:
+                deadline, fresh = end, False
+        return (self.command_timeout if fresh else deadline - now), fresh
+
+    def _check_early_talker(self) -> bool:
+        """True if the client sent something before our banner."""
+        sock = self.io.socket
+        if self.greet_pause > 0:
+            with contextlib.suppress(OSError):
+                gevent.socket.wait_read(sock.fileno(), self.greet_pause)
+        if self.encrypted:
+            return bool(sock.pending())
+        previous = sock.gettimeout()
+        try:
+            sock.settimeout(0)
+            return bool(sock.recv(1, _socket.MSG_PEEK))
+        except OSError:
+            return False
+        finally:
+            sock.settimeout(previous)
+
+    def _recv(self, conn: ServerConnection) -> bytes:
+        timeout, fresh = self._read_timeout(conn)
+        if timeout <= 0:
+            self._send_timeout()
+            raise ConnectionLost("Timed out waiting for the client")
+        # One re-armed timer serves every fresh command deadline of the
+        # session (a new Timeout object per read was a measurable share of a
+        # small message's CPU); other reads use their remaining time.
+        timer = self._command_timer if fresh else _ReadTimer(timeout)
         timer.arm()
         try:
-            return self.io.recv()
+            data = self.io.recv()
         except _ReadTimedOut as exc:
             if exc is not timer.expired:
                 raise
@@ -233,6 +426,9 @@ class Server:
             timer.disarm()
             if timer is not self._command_timer:
                 timer.close()
+        if conn.in_data:
+            self._data_octets += len(data)
+        return data
 
     def _send_timeout(self) -> None:
         with contextlib.suppress(ConnectionLost):
@@ -256,6 +452,11 @@ class Server:
     # -- one method per event -------------------------------------------------------
 
     def _on_greeting(self, event: Greeting) -> None:
+        if self.reject_early_talkers and self._check_early_talker():
+            _log.info("early talker %s refused", self.address)
+            self._hangup = True
+            self._send_canned(EARLY_TALKER)
+            return
         # Fix: RFC 5321 4.2 greeting grammar puts our domain first
         # ("220 " Domain [SP text]); so do the EHLO/HELO replies (4.1.1.1).
         reply = Reply("220", f"{self.hostname} ESMTP server ready")
@@ -309,6 +510,11 @@ class Server:
         return ok
 
     def _on_auth(self, event: Auth) -> None:
+        if self.auth_gate is not None:
+            refusal = self.auth_gate()
+            if refusal is not None:
+                self._reply(refusal)
+                return
         self._auth_mechanism = server_mechanism(event.mechanism, self.hostname)
         self.io.auth_exchange(True)
         self._auth_step(self._auth_mechanism.start(event.initial_response))
@@ -435,20 +641,48 @@ class _ReadTimer:
     :class:`gevent.Timeout` per read.
     """
 
-    __slots__ = ("_timer", "expired")
+    __slots__ = ("expired", "timer")
 
     def __init__(self, seconds: float) -> None:
-        self._timer = gevent.get_hub().loop.timer(seconds, seconds)
+        self.timer = gevent.get_hub().loop.timer(seconds, seconds)
         self.expired = _ReadTimedOut(f"read timed out after {seconds} s")
 
     def arm(self) -> None:
-        self._timer.again(gevent.getcurrent().throw, self.expired, update=True)
+        self.timer.again(gevent.getcurrent().throw, self.expired, update=True)
 
     def disarm(self) -> None:
-        self._timer.stop()
+        self.timer.stop()
 
     def close(self) -> None:
-        self._timer.close()
+        self.timer.close()
+
+
+class _Parked:
+    """A parked session's two watchers; the first to fire wakes the session."""
+
+    __slots__ = ("server", "timer", "wake", "watcher")
+
+    def __init__(
+        self, server: Server, watcher: Any, timer: Any, wake: Callable[[Server, bool], None]
+    ) -> None:
+        self.server = server
+        self.watcher = watcher
+        self.timer = timer
+        self.wake = wake
+
+    def fire(self, timed_out: bool) -> None:
+        self.watcher.stop()
+        self.watcher.close()
+        self.timer.stop()
+        if self.timer is not self.server._command_timer.timer:
+            self.timer.close()
+        self.wake(self.server, timed_out)
+
+    def cancel(self) -> None:
+        """Stop watching without waking (the edge is shutting down)."""
+        self.watcher.stop()
+        self.watcher.close()
+        self.timer.stop()
 
 
 def _in_threadpool(func: Callable[..., bool], *args: Any) -> bool:
