@@ -171,3 +171,10 @@ def test_port_in_use_is_reported(tmp_path: Path) -> None:
         status, _, err = slimta_cmd("run", "-c", "s.toml", cwd=tmp_path)
     assert status == 1
     assert f"edge 'smtp': 127.0.0.1:{port} is already in use" in err
+
+
+@pytest.mark.parametrize("setting", ["proxy_protocol = true", 'dnsbl = ["zen.example"]', "spf = true"])
+def test_reserved_keys_are_refused_not_ignored(tmp_path: Path, setting: str) -> None:
+    status, err = _check(tmp_path, config_text(2525, edge_extra=setting))
+    assert status == 2
+    assert "not wired into the slimta command yet" in err
