@@ -22,11 +22,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import socket
 import ssl
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+
+from gevent import socket as gsocket
 
 from slimta.core import SlimtaError
 
@@ -403,7 +404,9 @@ def parse_config(text: str, source: str = "<config>") -> Config:
             raise ConfigError(f"{key!r} must be written as {shape}", source, lines.get((key, None, None)))
     process = _section("process", None, data.get("process", {}), source, lines)
     if not process["hostname"]:
-        process.values["hostname"] = socket.getfqdn()
+        # gevent's getfqdn: a reload runs on the hub, and a slow resolver
+        # must not stall the sessions meanwhile.
+        process.values["hostname"] = gsocket.getfqdn()
     sections = {
         kind: [_section(kind, i, table, source, lines) for i, table in enumerate(data.get(kind, []))]
         for kind in ("edge", "queue", "relay")
