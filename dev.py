@@ -45,9 +45,9 @@ def _run(*cmd: str | Path) -> int:
 
 
 def cmd_run(args: list[str]) -> int:
-    """Start a mail server on 127.0.0.1:1025 with a local disk queue."""
+    """Start ``slimta run``: SMTP on 127.0.0.1:2525, disk queue, local Maildir delivery."""
     _ensure_venv("")
-    return _run(PY, ROOT / "examples" / "smtp_server.py", *args)
+    return _run(PY, "-m", "slimta", "run", *args)
 
 
 def cmd_test(args: list[str]) -> int:

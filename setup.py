@@ -15,6 +15,7 @@ TEST_REQUIRES = [
     "trustme>=1.1",
     "aiosmtpd>=1.4.6",
     "redis>=5",
+    "prometheus_client>=0.20",
 ]
 DEV_REQUIRES = [
     *TEST_REQUIRES,
@@ -47,10 +48,12 @@ setup(
     ],
     extras_require={
         "redis": ["redis>=5"],
+        "metrics": ["prometheus_client>=0.20"],
         "test": TEST_REQUIRES,
         "dev": DEV_REQUIRES,
     },
     entry_points={
+        "console_scripts": ["slimta = slimta.app:main"],
         # Fixtures for users' own tests (slimta.testing); loaded by pytest only.
         "pytest11": ["slimta = slimta.testing.pytest_plugin"],
     },
