@@ -379,6 +379,8 @@ class SmtpEdge(EdgeServer):
         self.park_idle = park_idle if park_idle is not None else pool is None
         self.session_timeout = session_timeout
         self.min_data_rate = min_data_rate
+        #: Seconds of message data before ``min_data_rate`` applies.
+        self.data_rate_grace = 10.0
         self.greet_pause = greet_pause
         #: Answer clients that send before the banner ``554 5.5.0`` and
         #: close (not behind a PROXY protocol mixin).
@@ -480,6 +482,7 @@ class SmtpEdge(EdgeServer):
             server.extensions.add("SIZE", self.max_size)
         server.session_timeout = self.session_timeout
         server.min_data_rate = self.min_data_rate
+        server.data_rate_grace = self.data_rate_grace
         server.greet_pause = self.greet_pause
         # Behind a PROXY protocol header the proxy may forward what the
         # client pipelined with it; the check belongs to the proxy then.
