@@ -1,0 +1,1 @@
+"""Each tutorial of the manual (``examples/tutorials/``) run as a real process."""
