@@ -133,7 +133,8 @@ def fuzz_client(data: bytes) -> None:
             while got < len(expected) and conn.next_reply() is not None:
                 reply = expected[got]
                 got += 1
-                assert reply.code is not None and re.fullmatch(r"[2-5][0-9][0-9]", reply.code), reply
+                assert reply.code is not None
+                assert re.fullmatch(r"[2-5][0-9][0-9]", reply.code), reply
         except BadReply:
             return
         assert len(conn._buf) <= 512 * 17 + size if hasattr(conn, "_buf") else True

@@ -82,7 +82,8 @@ def test_limiter_per_ip_and_release():
     assert limiter.admit(addr) is None
     assert limiter.admit(addr) is None
     refused = limiter.admit(addr)
-    assert refused is not None and refused.code == "421"
+    assert refused is not None
+    assert refused.code == "421"
     limiter.release(addr)
     assert limiter.admit(addr) is None
     assert limiter.admit(("192.0.2.2", 1)) is None
@@ -96,7 +97,8 @@ def test_total_cap_answers_421(edge_factory, raw_client):
     clients = [raw_client(edge.address) for _ in range(3)]
     extra = raw_client(edge.address, banner=False)
     code, text = extra.reply()
-    assert code == 421 and b"4.7.0 Too many connections" in text
+    assert code == 421
+    assert b"4.7.0 Too many connections" in text
     assert extra.closed_by_server()
     clients[0].send(b"QUIT\r\n")
     clients[0].expect(221)
@@ -112,7 +114,8 @@ def test_per_ip_cap(edge_factory, raw_client):
         raw_client(edge.address).ehlo()
     extra = raw_client(edge.address, banner=False)
     code, text = extra.reply()
-    assert code == 421 and b"from your address" in text
+    assert code == 421
+    assert b"from your address" in text
 
 
 def test_per_network_cap(edge_factory):
@@ -124,7 +127,8 @@ def test_per_network_cap(edge_factory):
         a.expect(220)
         b.expect(220)
         code, text = c.reply()
-        assert code == 421 and b"from your network" in text
+        assert code == 421
+        assert b"from your network" in text
     finally:
         for client in (a, b, c):
             client.close()
@@ -137,7 +141,8 @@ def test_connection_rate(edge_factory, raw_client):
         client.send(b"QUIT\r\n")
         client.expect(221)
     code, text = raw_client(edge.address, banner=False).reply()
-    assert code == 421 and b"per minute" in text
+    assert code == 421
+    assert b"per minute" in text
 
 
 def test_message_and_recipient_rates(edge_factory, raw_client):
@@ -152,7 +157,8 @@ def test_message_and_recipient_rates(edge_factory, raw_client):
     assert b"4.7.1 Too many recipients" in codes[2][1]
     client.send(b"MAIL FROM:<a@b.test>\r\n")
     code, text = client.reply()
-    assert code == 450 and b"4.7.1 Too many messages" in text
+    assert code == 450
+    assert b"4.7.1 Too many messages" in text
 
 
 def test_auth_failures_per_hour(edge_factory, stdlib_server_context, client_context):
@@ -183,7 +189,8 @@ def test_auth_failures_per_hour(edge_factory, stdlib_server_context, client_cont
     assert gevent.spawn(attempt, "wrong").get(timeout=10)[0] == 535
     assert gevent.spawn(attempt, "wrong").get(timeout=10)[0] == 535
     code, text = gevent.spawn(attempt, "right").get(timeout=10)
-    assert code == 454 and b"4.7.0" in text
+    assert code == 454
+    assert b"4.7.0" in text
 
 
 @pytest.mark.timeout(60)

@@ -40,7 +40,7 @@ CASES = [
 ]
 IDN_CASES = [
     ("<user@b\u00fccher.test>", 250),
-    # Cyrillic "о" in an otherwise Latin label: a look-alike of local.test.
+    # A Cyrillic o (U+043E) in an otherwise Latin label: a look-alike of local.test.
     ("<user@l\u043ecal.test>", 550),
     # All-Cyrillic look-alike: not mixed, but not local either.
     ("<user@\u0441\u043e\u0441al.test>", 550),
@@ -93,7 +93,9 @@ def test_relay_restrictions_unit():
     validators = Local(Session())  # type: ignore[arg-type]
     assert validators.relay_refusal("x@local.test") is None
     refusal = validators.relay_refusal("x@elsewhere.test")
-    assert refusal is not None and refusal.code == "554" and "5.7.1" in (refusal.message or "")
+    assert refusal is not None
+    assert refusal.code == "554"
+    assert "5.7.1" in (refusal.message or "")
     Session.auth = ("user", None)  # type: ignore[assignment]
     assert validators.relay_refusal("x@elsewhere.test") is None
     assert validators.relay_refusal("x%y@local.test") is not None
