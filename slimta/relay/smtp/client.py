@@ -17,6 +17,12 @@ Choices made here, and why:
   If the handshake fails the client reconnects and delivers in cleartext,
   unless ``tls_required`` is set or the given ``context`` verifies
   certificates; then the delivery fails transiently with ``4.7.5``.
+* **A TLS policy, when given** (``tls_requirement``, from
+  :class:`~slimta.relay.smtp.tlspolicy.TlsPolicy`), replaces the rules
+  above: ``encrypt``, ``verify`` and ``dane`` never send in cleartext, and
+  a failure names the policy (``451 4.7.5 TLS policy dane not met by
+  mx.example.com: ...``).  REQUIRETLS envelopes go only over verified TLS
+  to a server offering REQUIRETLS, else fail with ``550 5.7.30``.
 * **EHLO falls back to HELO** on any 5xx reply to EHLO.
 * **No password in cleartext.**  AUTH picks the best mechanism both sides
   know (unknown ones such as GSSAPI are ignored) and never PLAIN or LOGIN on
@@ -53,9 +59,11 @@ from gevent import socket as gsocket
 
 from slimta.bounce.dsn import mail_params, rcpt_params
 from slimta.envelope import EnvelopeError
+from slimta.policy.requiretls import EHLO_KEYWORD, get_requiretls
 from slimta.relay import RelayError, TransientRelayError
 from slimta.relay.pool import RelayPoolClient
 from slimta.relay.smtp import SmtpPermanentRelayError, SmtpRelayError, SmtpTransientRelayError
+from slimta.relay.smtp.tlspolicy import TlsPolicyFailure, TlsRequirement, match_tlsa, requiretls_failure
 from slimta.smtp import BadReply, SmtpError
 from slimta.smtp.client import Client, TlsHandshakeFailed, opportunistic_context
 from slimta.smtp.reply import Reply
@@ -131,6 +139,11 @@ class SmtpRelayClient(RelayPoolClient):
         binary_encoder: The :mod:`email.encoders` function used by
             :meth:`~slimta.envelope.Envelope.encode_7bit` for servers without
             8BITMIME.
+        tls_requirement: A :class:`~slimta.relay.smtp.tlspolicy.TlsRequirement`
+            that overrides ``context`` and ``tls_required`` for STARTTLS
+            (the MX relay passes the one its ``tls_policy`` chose).
+
+            .. versionadded:: 0.1.0
 
     Attributes:
         client: The :class:`~slimta.smtp.client.Client` of the open session,
@@ -163,6 +176,8 @@ class SmtpRelayClient(RelayPoolClient):
         idle_timeout: float | None = None,
         credentials: Iterable[str] | Callable[[], Iterable[str]] | None = None,
         binary_encoder: Callable[..., Any] | None = None,
+        *,
+        tls_requirement: TlsRequirement | None = None,
     ) -> None:
         super().__init__(queue, idle_timeout)
         self.address = address
@@ -178,9 +193,15 @@ class SmtpRelayClient(RelayPoolClient):
         self.data_timeout = data_timeout if data_timeout is not None else command_timeout
         self.credentials = credentials
         self.binary_encoder = binary_encoder
+        self.tls_requirement = tls_requirement
         # Set once opportunistic TLS failed with this peer: later connections
         # of this client go straight to cleartext.
         self._tls_broken = False
+        # Set once a report-only (MTA-STS testing) verification failed: later
+        # connections use opportunistic TLS.
+        self._tls_downgraded = False
+        #: True while the session's TLS authenticated the server (verify/dane).
+        self.tls_verified = False
 
     # -- errors and deadlines ---------------------------------------------------
 
@@ -220,9 +241,32 @@ class SmtpRelayClient(RelayPoolClient):
                 timer.cancel()
 
     @property
+    def _requirement(self) -> TlsRequirement | None:
+        req = self.tls_requirement
+        if req is not None and req.report_only and self._tls_downgraded:
+            return None
+        return req
+
+    @property
     def _tls_demanded(self) -> bool:
+        req = self._requirement
+        if req is not None:
+            return req.demands_tls
         context = self.context
         return self.tls_required or (context is not None and context.verify_mode != ssl.CERT_NONE)
+
+    def _policy_failure(self, reason: str, code: str = "4.7.5") -> SmtpRelayError:
+        req = self._requirement
+        host = str(self._server_hostname or self.address[0])
+        if req is None:
+            return self._transient(f"{code} {reason}", "[TLS]")
+        req.note("starttls-not-supported" if code == "4.7.10" else "validation-failure")
+        if req.requiretls:
+            # RFC 8689 section 4.2.1: no other way is allowed; a bounce.
+            return requiretls_failure(host, reason)
+        exc = TlsPolicyFailure(req.policy, host, reason, code)
+        exc.reply.address = self.address
+        return exc
 
     @property
     def _server_hostname(self) -> str | None:
@@ -287,18 +331,31 @@ class SmtpRelayClient(RelayPoolClient):
 
     def _open(self) -> None:
         try:
-            try:
-                self._connect()
-                self._handshake()
-            except _TlsFallback:
-                _log.info("TLS with %s failed; delivering in cleartext", self.address)
-                self._close()
-                self._tls_broken = True
-                self._connect()
-                self._handshake()
+            # At most two fallbacks: a report-only policy to opportunistic
+            # TLS, then opportunistic TLS to cleartext.
+            for _ in range(3):
+                try:
+                    self._connect()
+                    self._handshake()
+                except _TlsFallback:
+                    self._close()
+                    self._fall_back()
+                else:
+                    return
+            raise self._transient("4.7.5 TLS handshake failed", "[TLS]")
         except BaseException:
             self._close()
             raise
+
+    def _fall_back(self) -> None:
+        req = self._requirement
+        if req is not None and req.report_only:
+            req.note("validation-failure")
+            _log.warning("TLS policy %s (testing) not met by %s; delivering anyway", req.policy, self.address)
+            self._tls_downgraded = True
+        else:
+            _log.info("TLS with %s failed; delivering in cleartext", self.address)
+            self._tls_broken = True
 
     def _connect(self) -> None:
         with self._step("[CONNECT]", self.connect_timeout):
@@ -322,11 +379,19 @@ class SmtpRelayClient(RelayPoolClient):
         if banner.is_error():
             raise SmtpRelayError.factory(banner)
         self._greet(client)
-        if not self.tls_immediately and not self._tls_broken:
+        req = self._requirement
+        if req is not None and req.level == "none":
+            pass
+        elif not self.tls_immediately and not self._tls_broken:
             if "STARTTLS" in client.extensions:
                 self._starttls(client)
-            elif self.tls_required:
+            elif req is not None and req.demands_tls:
+                raise self._policy_failure("STARTTLS is not offered", "4.7.10")
+            elif req is None and self.tls_required:
                 raise self._transient("4.7.10 TLS is required but the server does not offer it", "STARTTLS")
+            elif req is not None and req.report_only:
+                req.note("starttls-not-supported")
+                _log.warning("TLS policy %s (testing) not met by %s: no STARTTLS", req.policy, self.address)
         if self.credentials:
             self._authenticate(client)
 
@@ -335,13 +400,42 @@ class SmtpRelayClient(RelayPoolClient):
             raise self._transient("4.4.2 Not connected", "[CONNECT]")
         return self.client
 
+    def _tls_context(self) -> tuple[ssl.SSLContext, str | None]:
+        """The context and server name for the handshake, from the policy or the arguments."""
+        req = self._requirement
+        if req is None or req.level == "may":
+            return self.context or opportunistic_context(), self._server_hostname
+        hostname = req.hostname or self._server_hostname
+        if req.level == "verify":
+            return req.verify_context(), hostname
+        # encrypt, and dane (whose check follows the handshake).
+        return opportunistic_context(), hostname
+
+    def _encrypted(self, client: Client) -> None:
+        """After a handshake: check DANE, note whether the server was authenticated."""
+        req = self._requirement
+        if req is None:
+            context = self.context
+            self.tls_verified = context is not None and context.verify_mode != ssl.CERT_NONE
+            return
+        if req.level == "dane":
+            hostname = req.hostname or str(self.address[0])
+            how = match_tlsa(req.tlsa, _peer_chain(client), hostname)
+            if how is None:
+                self._close()
+                raise self._policy_failure("no TLSA record matches the certificate")
+            _log.info("DANE %s match for %s", how, self.address)
+        self.tls_verified = req.verifies
+        req.note(None)
+
     def _encrypt_now(self, client: Client) -> None:
-        context = self.context or opportunistic_context()
+        context, hostname = self._tls_context()
         try:
             with self._step("[TLS]", self.command_timeout):
-                client.encrypt(context, self._server_hostname)
+                client.encrypt(context, hostname)
         except TlsHandshakeFailed:
-            raise self._transient("4.7.5 TLS handshake failed", "[TLS]") from None
+            raise self._policy_failure("TLS handshake failed") from None
+        self._encrypted(client)
 
     def _greeting_name(self) -> str:
         if callable(self.ehlo_as):
@@ -359,18 +453,24 @@ class SmtpRelayClient(RelayPoolClient):
             raise SmtpRelayError.factory(reply)
 
     def _starttls(self, client: Client) -> None:
-        context = self.context or opportunistic_context()
+        context, hostname = self._tls_context()
         try:
             with self._step("STARTTLS", self.command_timeout):
-                reply = client.starttls(context, self._server_hostname)
+                reply = client.starttls(context, hostname)
         except TlsHandshakeFailed:
             if self._tls_demanded:
-                raise self._transient("4.7.5 TLS handshake failed", "[TLS]") from None
+                reason = "TLS handshake failed"
+                if context.verify_mode != ssl.CERT_NONE:
+                    reason += " (certificate not verified)"
+                raise self._policy_failure(reason) from None
             raise _TlsFallback("TLS handshake failed") from None
         if reply.code != "220":
+            if self._requirement is not None and self._tls_demanded:
+                raise self._policy_failure(f"STARTTLS refused: {reply}", "4.7.10")
             if self.tls_required:
                 raise SmtpTransientRelayError(reply)
             return
+        self._encrypted(client)
         self._greet(client)
 
     def _authenticate(self, client: Client) -> None:
@@ -417,6 +517,13 @@ class SmtpRelayClient(RelayPoolClient):
         """Decide the MAIL parameters; re-encode a copy for 7-bit servers."""
         ext = client.extensions
         params: dict[str, str | bool] = {}
+        if get_requiretls(envelope):
+            host = str(self._server_hostname or self.address[0])
+            if not (self.tls_verified and client.io.encrypted):
+                raise requiretls_failure(host, "is not reached over verified TLS")
+            if EHLO_KEYWORD not in ext:
+                raise requiretls_failure(host, "does not offer REQUIRETLS")
+            params[EHLO_KEYWORD] = True
         if envelope.has_utf8_addresses():
             if "SMTPUTF8" not in ext:
                 reply = self._reply("553", "5.6.7 Server does not support SMTPUTF8 addresses", "MAIL")
@@ -543,6 +650,7 @@ class SmtpRelayClient(RelayPoolClient):
     # -- tear-down -------------------------------------------------------------------
 
     def _close(self) -> None:
+        self.tls_verified = False
         client, self.client = self.client, None
         if client is not None:
             client.io.close()
@@ -554,3 +662,19 @@ class SmtpRelayClient(RelayPoolClient):
         with contextlib.suppress(RelayError), self._step("QUIT", self.command_timeout):
             client.quit()
         self._close()
+
+
+def _peer_chain(client: Client) -> list[bytes]:
+    """The DER certificates the server sent, its own first (empty if unknown)."""
+    sock = client.io.socket
+    sslobj = getattr(sock, "_sslobj", None)
+    chain_of = getattr(sslobj, "get_unverified_chain", None)
+    if chain_of is not None:
+        try:
+            # Python 3.10-3.12 keep this private on the _ssl object; 3.13
+            # makes it public.  DER is encoding 2.
+            return [cert.public_bytes(2) for cert in chain_of() or ()]
+        except (ValueError, OSError, TypeError):
+            pass
+    leaf = sock.getpeercert(binary_form=True) if hasattr(sock, "getpeercert") else None
+    return [leaf] if leaf else []

@@ -19,6 +19,13 @@ mail exchanger.  The rules:
   all at the same time, and the outcomes are merged into one
   ``{recipient: Reply or RelayError}`` result.
 
+With ``tls_policy`` (a :class:`~slimta.relay.smtp.tlspolicy.TlsPolicy`),
+each domain gets its TLS level (``none`` to ``dane``): MTA-STS may remove
+exchangers the domain's policy does not list, and each exchanger gets the
+requirement its client must meet; exchangers are pooled per requirement.
+Envelopes marked REQUIRETLS always go through a policy (the default one
+when none was given) that demands verified TLS.
+
 Exchanger names are resolved with :mod:`slimta.util.dns` (pycares on the
 hub); the resulting addresses are handed, one at a time, to the
 ``socket_creator`` given (by default :func:`gevent.socket.create_connection`),
@@ -33,8 +40,10 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent import socket as gsocket
 
+from slimta.policy.requiretls import get_requiretls
 from slimta.relay import PermanentRelayError, Relay, RelayError, TransientRelayError
 from slimta.relay.smtp.static import StaticSmtpRelay
+from slimta.relay.smtp.tlspolicy import TlsPolicy, TlsRequirement
 from slimta.smtp.reply import Reply
 from slimta.util.dns import DNSError, NullMXError, resolve_addresses, resolve_mx
 
@@ -47,7 +56,9 @@ __all__ = ["MxSmtpRelay", "NoDomainError"]
 
 # Failures of these steps are the exchanger's, not the message's: the next
 # exchanger may well accept the same message.
-_SESSION_STEPS = frozenset({"[CONNECT]", "[BANNER]", "[TLS]", "EHLO", "HELO", "STARTTLS", "AUTH"})
+_SESSION_STEPS = frozenset(
+    {"[CONNECT]", "[BANNER]", "[TLS]", "EHLO", "HELO", "STARTTLS", "AUTH", "[REQUIRETLS]"}
+)
 
 
 class NoDomainError(PermanentRelayError):
@@ -70,6 +81,11 @@ class MxSmtpRelay(Relay):
         context: The :class:`ssl.SSLContext` for STARTTLS; ``None`` means
             opportunistic TLS without certificate checks (what most MTAs do
             between each other).
+        tls_policy: The :class:`~slimta.relay.smtp.tlspolicy.TlsPolicy`
+            deciding the TLS level of each destination; None keeps the
+            behaviour ``context`` and ``tls_required`` give.
+
+            .. versionadded:: 0.1.0
         client_kwargs: Arguments for every
             :class:`~slimta.relay.smtp.static.StaticSmtpRelay` and its clients
             (``pool_size``, ``socket_creator``, ``ehlo_as``, ``tls_required``,
@@ -88,14 +104,21 @@ class MxSmtpRelay(Relay):
     smtp_port = 25
     dns_timeout: float | None = 10.0
 
-    def __init__(self, context: ssl.SSLContext | None = None, **client_kwargs: Any) -> None:
+    def __init__(
+        self,
+        context: ssl.SSLContext | None = None,
+        *,
+        tls_policy: TlsPolicy | None = None,
+        **client_kwargs: Any,
+    ) -> None:
         super().__init__()
+        self.tls_policy = tls_policy
         self._user_socket_creator: Callable[..., Any] = (
             client_kwargs.pop("socket_creator", None) or gsocket.create_connection
         )
         self._client_kwargs = dict(client_kwargs, context=context)
         self._force_mx: dict[str, tuple[str, int]] = {}
-        self._relayers: dict[tuple[str, int], StaticSmtpRelay] = {}
+        self._relayers: dict[tuple[str, int, TlsRequirement | None], StaticSmtpRelay] = {}
 
     # -- hooks -----------------------------------------------------------------------
 
@@ -197,14 +220,23 @@ class MxSmtpRelay(Relay):
     def _attempt_domain(self, domain: str, envelope: Envelope, attempts: int) -> Any:
         forced = self._force_mx.get(domain)
         if forced is not None:
-            return self._relayer(*forced).attempt(envelope, attempts)
-        records = self._lookup(domain)
-        first = self.choose_mx(records, attempts)
-        order = [first] + [host for _, host in records if host != first]
+            order, port = [forced[0]], forced[1]
+        else:
+            records = self._lookup(domain)
+            first = self.choose_mx(records, attempts)
+            order, port = [first] + [host for _, host in records if host != first], self.smtp_port
+        hosts = list(dict.fromkeys(order))
+        policy = self.tls_policy
+        if policy is None and get_requiretls(envelope):
+            policy = TlsPolicy()
+        requirement_for = None
+        if policy is not None:
+            hosts, requirement_for = policy.plan(domain, hosts, get_requiretls(envelope))
         errors: list[RelayError] = []
-        for host in dict.fromkeys(order):
+        for host in hosts:
             try:
-                return self._relayer(host, self.smtp_port).attempt(envelope, attempts)
+                requirement = requirement_for(host) if requirement_for is not None else None
+                return self._relayer(host, port, requirement).attempt(envelope, attempts)
             except RelayError as exc:
                 if exc.reply.command not in _SESSION_STEPS:
                     raise
@@ -226,11 +258,16 @@ class MxSmtpRelay(Relay):
             text = f"DNS lookup for {domain} failed: {exc}"
             raise TransientRelayError(text, Reply("451", f"4.4.3 {text}", command="[MX]")) from None
 
-    def _relayer(self, host: str, port: int) -> StaticSmtpRelay:
-        key = (host, port)
+    def _relayer(self, host: str, port: int, requirement: TlsRequirement | None = None) -> StaticSmtpRelay:
+        # One pool per TLS requirement: a session set up for one policy is
+        # never reused for an envelope that needs another.
+        key = (host, port, requirement)
         relayer = self._relayers.get(key)
         if relayer is None:
-            relayer = self._relayers[key] = self.new_static_relay(host, port)
+            relayer = self.new_static_relay(host, port)
+            if requirement is not None:
+                relayer.client_kwargs["tls_requirement"] = requirement
+            self._relayers[key] = relayer
         return relayer
 
     def _connect(self, address: tuple[str, int]) -> Any:
