@@ -6,6 +6,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))
+# Local extensions: slimta_apidoc writes docs/api/ from the package.
+sys.path.insert(0, os.path.abspath("_ext"))
 
 project = "slimta"
 author = "the slimta developers"
@@ -22,7 +24,11 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
+    # Diagrams are .dot sources rendered by Graphviz's ``dot`` at build time.
+    "sphinx.ext.graphviz",
+    "slimta_apidoc",
 ]
+graphviz_output_format = "svg"
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_typehints = "description"
@@ -32,4 +38,5 @@ intersphinx_mapping: dict[str, tuple[str, None]] = {}
 nitpicky = False
 suppress_warnings = ["ref.python"]
 html_theme = "alabaster"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_ext"]
+html_static_path = ["_static"]
