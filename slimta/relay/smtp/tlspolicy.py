@@ -230,15 +230,28 @@ def _chain_to(trust_anchor: bytes, chain: list[bytes], hostname: str) -> bool:
     """Whether ``chain[0]`` is valid for ``hostname`` through ``chain`` up to ``trust_anchor``."""
     try:
         from cryptography import x509
-        from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+        from cryptography.x509.verification import (
+            Criticality,
+            ExtensionPolicy,
+            PolicyBuilder,
+            Store,
+            VerificationError,
+        )
     except ImportError:  # pragma: no cover - the optional dependency is missing
         return False
+    # The Web PKI profile's rules for server certificates (SAN not critical,
+    # EKU...) do not bind a private CA named by DANE-TA: only the name, the
+    # dates and the CA side of the chain are checked.
+    server = ExtensionPolicy.permit_all().require_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+    )
     try:
         anchor = x509.load_der_x509_certificate(trust_anchor)
         leaf = x509.load_der_x509_certificate(chain[0])
         others = [x509.load_der_x509_certificate(der) for der in chain[1:]]
-        verifier = PolicyBuilder().store(Store([anchor])).build_server_verifier(x509.DNSName(hostname))
-        verifier.verify(leaf, others)
+        builder = PolicyBuilder().store(Store([anchor]))
+        builder = builder.extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=server)
+        builder.build_server_verifier(x509.DNSName(hostname)).verify(leaf, others)
     except (ValueError, VerificationError):
         return False
     return True
