@@ -79,17 +79,23 @@ def _elsewhere(module: str) -> str | None:
 
 
 def section_of(module: str) -> str:
+    """The index section a module is listed under."""
     for title, prefixes in SECTIONS:
-        if any(module == p or module.startswith(p + ".") for p in prefixes if p != "slimta") or module in prefixes:
+        if (
+            any(module == p or module.startswith(p + ".") for p in prefixes if p != "slimta")
+            or module in prefixes
+        ):
             return title
     return "Other modules"
 
 
 def page(module: str) -> str:
+    """The text of one module's page."""
     return f"{module}\n{'=' * len(module)}\n\n.. automodule:: {module}\n"
 
 
 def index(modules: list[str]) -> str:
+    """The text of ``docs/api/index.rst``."""
     parts = [INTRO]
     titles = [t for t, _ in SECTIONS] + ["Other modules"]
     for title in titles:
@@ -100,7 +106,9 @@ def index(modules: list[str]) -> str:
         parts[-1] += "".join(f"   {m}\n" for m in members)
     for package, doc in sorted(ELSEWHERE.items()):
         title = f"``{package}``"
-        parts.append(f"{title}\n{'-' * len(title)}\n\n:doc:`/{doc}` documents ``{package}`` and its modules.\n")
+        parts.append(
+            f"{title}\n{'-' * len(title)}\n\n:doc:`/{doc}` documents ``{package}`` and its modules.\n"
+        )
     if SKIPPED:
         parts.append("Not documented here\n-------------------\n\n")
         parts[-1] += "".join(f"* ``{m}``: {why}\n" for m, why in sorted(SKIPPED.items()))
@@ -134,10 +142,11 @@ def _on_builder_inited(app: Any) -> None:
 
 
 def setup(app: Any) -> dict[str, Any]:
+    """Register with Sphinx: regenerate the pages when the build starts."""
     app.connect("builder-inited", _on_builder_inited)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 
 if __name__ == "__main__":
     for name in generate():
-        print(name)
+        sys.stdout.write(name + "\n")
