@@ -31,7 +31,9 @@ from gevent.server import StreamServer
 
 from slimta.util.dns import DNSResolver
 from tests.integration.dns.server import DNSTestServer
-from tests.integration.relay.conftest import STOP, ScriptedServer, smtp_dialogue
+from tests.integration.relay.conftest import STOP, ScriptedServer, aiosmtpd_server, smtp_dialogue
+
+__all__ = ["aiosmtpd_server"]
 
 MX = "mx.example.test"
 DOMAIN = "example.test"
