@@ -23,6 +23,7 @@ DEV_REQUIRES = [
     "mypy>=1.10",
     "types-gevent",
     "sphinx>=7",
+    "matplotlib",  # bench/plot_results.py only
 ]
 
 setup(

@@ -132,7 +132,7 @@ class DnsBlocklist:
         Returns:
             True when ``code`` is in ``127.0.0.0/8`` and in no ``ignore`` network.
 
-        .. versionadded:: 5.0
+        .. versionadded:: 0.1.0
         """
         try:
             addr = ipaddress.IPv4Address(code)

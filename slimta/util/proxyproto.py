@@ -117,14 +117,14 @@ _V2_ADDRESS_LENGTHS = {_V2_INET: 12, _V2_INET6: 36, _V2_UNIX: 216}
 class ProxyProtocolError(SlimtaError):
     """Base class of the PROXY protocol errors.
 
-    .. versionadded:: 5.0
+    .. versionadded:: 0.1.0
     """
 
 
 class InvalidProxyHeader(ProxyProtocolError, ValueError):
     """The PROXY header was missing, malformed, too long, cut short or too slow.
 
-    .. versionadded:: 5.0
+    .. versionadded:: 0.1.0
     """
 
 
@@ -216,14 +216,14 @@ class _ProxyProtocolBase(_MixinBase):
 
     #: Seconds allowed for the whole header to arrive; ``None``: no limit.
     #:
-    #: .. versionadded:: 5.0
+    #: .. versionadded:: 0.1.0
     proxyproto_timeout: float | None = 10.0
 
     #: The most octets accepted after the 16 fixed ones of a version 2
     #: header (addresses and TLVs); a longer header closes the connection
     #: before its body is read.
     #:
-    #: .. versionadded:: 5.0
+    #: .. versionadded:: 0.1.0
     proxyproto_max_v2_length: int = 4096
 
     @classmethod
@@ -238,10 +238,10 @@ class _ProxyProtocolBase(_MixinBase):
             timeout: Seconds allowed for the whole header
                 (:attr:`proxyproto_timeout` of this edge); ``None``: no limit.
 
-                .. versionadded:: 5.0
+                .. versionadded:: 0.1.0
             max_v2_length: :attr:`proxyproto_max_v2_length` of this edge.
 
-                .. versionadded:: 5.0
+                .. versionadded:: 0.1.0
 
         Raises:
             ValueError: ``edge`` is not an :class:`~slimta.edge.EdgeServer`,
@@ -358,7 +358,7 @@ class ProxyProtocolV2(_ProxyProtocolBase):
             max_length: The longest variable part accepted; defaults to
                 :attr:`proxyproto_max_v2_length`.
 
-                .. versionadded:: 5.0
+                .. versionadded:: 0.1.0
 
         Returns:
             ``(source, destination)``; both :data:`unknown_pp_source_address`

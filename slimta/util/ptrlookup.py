@@ -111,7 +111,7 @@ def fcrdns(ip: str, timeout: float | None = None) -> str | None:
         The confirmed host name (no trailing dot), or None when there is
         none, the address is invalid, or DNS failed.
 
-    .. versionadded:: 5.0
+    .. versionadded:: 0.1.0
     """
     return _reverse_lookup(ip, True, timeout)
 

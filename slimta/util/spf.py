@@ -512,7 +512,7 @@ def check_host(
     Returns:
         ``(result, reason)``: one of :data:`RESULTS` and a short text.
 
-    .. versionadded:: 5.0
+    .. versionadded:: 0.1.0
     """
     try:
         addr = ipaddress.ip_address(ip.partition("%")[0].strip("[]"))
