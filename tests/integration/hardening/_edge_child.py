@@ -1,6 +1,6 @@
 """A child process holding one SmtpEdge for the 10,000-connection tests.
 
-``python -m tests.integration.hardening._edge_child [--limits-off]`` prints
+``python -m tests.integration.hardening._edge_child [--limits-off|--limits-counted]`` prints
 ``READY <port> <pid>`` once listening and serves until SIGTERM.
 """
 
@@ -29,7 +29,22 @@ class _Queue:
 def main() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    limits = ClientLimits.off() if "--limits-off" in sys.argv else ClientLimits(max_connections=30000)
+    if "--limits-off" in sys.argv:
+        limits = ClientLimits.off()
+    elif "--limits-counted" in sys.argv:
+        # Every limit on and counting loopback clients too (nothing exempt),
+        # set high enough never to refuse the benchmark's load.
+        limits = ClientLimits(
+            max_connections=30000,
+            max_connections_per_ip=30000,
+            max_connections_per_network=30000,
+            connections_per_minute=10**9,
+            messages_per_minute=10**9,
+            recipients_per_minute=10**9,
+            exempt=(),
+        )
+    else:
+        limits = ClientLimits(max_connections=30000)
     edge = SmtpEdge(("127.0.0.1", 0), _Queue(), hostname="mx.test", limits=limits)
     edge.start()
     stop = gevent.event.Event()
