@@ -24,7 +24,7 @@ count towards the total.  A Redis failure never refuses mail: the limiter
 logs it and lets the client through (fail open), since a rate limit is a
 defence against abuse, not a guard of correctness.
 
-.. versionadded:: 5.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

@@ -459,7 +459,7 @@ class SmtpEdge(EdgeServer):
     def build_server(self, socket: Any, address: Any) -> Server:
         """The :class:`Server` for one connection, with this edge's settings.
 
-        .. versionadded:: 5.0
+        .. versionadded:: 0.1.0
         """
         session = self.session_class(address, self.validator_class, self.handoff)
         session.hostname = self.hostname
@@ -565,7 +565,7 @@ class RelayRestrictions(SmtpValidators):
     (``<@a:b@c>``) is dropped by the protocol core (RFC 5321 4.1.1.3), so the
     real destination ``b@c`` is the one checked.
 
-    .. versionadded:: 5.0
+    .. versionadded:: 0.1.0
     """
 
     #: Domains delivered here (compared case-insensitively, IDNA-aware).

@@ -35,7 +35,7 @@ Using a lookup from :class:`~slimta.edge.smtp.SmtpValidators`::
             if mailboxes.lookup_address(recipient) is None:
                 reply.code, reply.message = "550", "5.1.1 No such mailbox"
 
-.. versionadded:: 5.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

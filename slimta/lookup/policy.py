@@ -21,7 +21,7 @@ the fields of the record it finds, in this order:
 The null sender (``<>``, the sender of bounces) is never looked up or
 rewritten, so a record cannot turn bounces into mail that can bounce.
 
-.. versionadded:: 5.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

@@ -164,19 +164,19 @@ class Server:
         self._auth_mechanism: ServerMechanism | None = None
         #: Seconds the whole session may last (None: no cap).
         #:
-        #: .. versionadded:: 5.0
+        #: .. versionadded:: 0.1.0
         self.session_timeout: float | None = None
         #: Octets per second a message's data must arrive at, once
         #: :attr:`data_rate_grace` seconds have passed (None: no minimum).
         #:
-        #: .. versionadded:: 5.0
+        #: .. versionadded:: 0.1.0
         self.min_data_rate: float | None = None
         #: Seconds of message data before :attr:`min_data_rate` applies.
         self.data_rate_grace = 10.0
         #: Seconds to wait, before the banner, for a client that talks too
         #: early (0: only check what is already queued).
         #:
-        #: .. versionadded:: 5.0
+        #: .. versionadded:: 0.1.0
         self.greet_pause = 0.0
         #: Refuse clients that send before the banner with ``554 5.5.0``.
         self.reject_early_talkers = True
@@ -217,7 +217,7 @@ class Server:
     def start(self) -> bool:
         """Prepare the session (implicit TLS first); False if it cannot start.
 
-        .. versionadded:: 5.0
+        .. versionadded:: 0.1.0
         """
         self._started = time.monotonic()
         self._command_timer = _ReadTimer(self.command_timeout)
@@ -246,7 +246,7 @@ class Server:
             ConnectionLost: the connection broke or timed out.
             Exception: whatever a handler raised (after ``421 4.3.0`` was sent).
 
-        .. versionadded:: 5.0
+        .. versionadded:: 0.1.0
         """
         assert self.conn is not None
         return self._loop(self.conn, park)
@@ -254,7 +254,7 @@ class Server:
     def finish(self) -> None:
         """Release the session's timer and call the ``CLOSE`` hook.
 
-        .. versionadded:: 5.0
+        .. versionadded:: 0.1.0
         """
         self._command_timer.close()
         self._call("CLOSE")
@@ -308,7 +308,7 @@ class Server:
         Returns:
             A handle whose ``cancel()`` stops watching without waking.
 
-        .. versionadded:: 5.0
+        .. versionadded:: 0.1.0
         """
         assert self.conn is not None
         remaining, fresh = self._read_timeout(self.conn)
@@ -334,7 +334,7 @@ class Server:
         Raises:
             ConnectionLost: the connection broke or timed out.
 
-        .. versionadded:: 5.0
+        .. versionadded:: 0.1.0
         """
         conn = self.conn
         assert conn is not None

@@ -35,7 +35,7 @@ _FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 class LookupBackendError(SlimtaError):
     """The backend of a lookup failed to answer; the cause is chained.
 
-    .. versionadded:: 5.0
+    .. versionadded:: 0.1.0
     """
 
 

@@ -11,7 +11,7 @@ is already cooperative (one that talks through gevent sockets) can pass
 
 :class:`SQLite3Lookup` is the ready-made case for a local SQLite file.
 
-.. versionadded:: 5.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class DBAPI2Lookup(LookupBase):
             ``False`` runs it in the calling greenlet, for a driver that is
             cooperative under gevent.
 
-            .. versionadded:: 5.0
+            .. versionadded:: 0.1.0
     """
 
     def __init__(
@@ -172,6 +172,6 @@ class SQLite3Lookup(DBAPI2Lookup):
     def close(self) -> None:
         """Close the database connection.
 
-        .. versionadded:: 5.0
+        .. versionadded:: 0.1.0
         """
         self.conn.close()

@@ -1,6 +1,6 @@
 """Lookups in a Python mapping (a ``dict``, a :mod:`shelve`, anything with ``[]``).
 
-.. versionadded:: 5.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The connection is redis-py's, with the socket replaced by a gevent socket
 waits on the hub and never blocks other greenlets, whether or not the
 process is monkey-patched.
 
-.. versionadded:: 5.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
@@ -100,6 +100,6 @@ class RedisLookup(LookupBase):
     def close(self) -> None:
         """Close the pooled connections.
 
-        .. versionadded:: 5.0
+        .. versionadded:: 0.1.0
         """
         self.redis.close()

@@ -1,6 +1,6 @@
 """Lookups by regular expression: the first pattern that matches gives the record.
 
-.. versionadded:: 5.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
