@@ -37,6 +37,7 @@ from slimta.core import SlimtaError
 from slimta.edge.smtp import SmtpEdge
 from slimta.queue import ExponentialBackoff, Queue
 from slimta.smtp import ConnectionLost
+from slimta.smtp.reply import Reply
 from slimta.smtp.server import Server
 from slimta.util import ListenerError, create_listeners
 
@@ -52,7 +53,8 @@ __all__ = ["SHUTDOWN_REPLY", "Node", "Sessions", "build_relay", "build_storage",
 _log = logging.getLogger("slimta.app")
 
 #: What open sessions are told when the grace period is over.
-SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, closing transmission channel\r\n"
+_SHUTDOWN = Reply("421", "4.3.2 Service shutting down, closing transmission channel")
+SHUTDOWN_REPLY = _SHUTDOWN.to_bytes()
 
 
 class _ShuttingDown(SlimtaError):
@@ -60,15 +62,17 @@ class _ShuttingDown(SlimtaError):
 
 
 class _AppServer(Server):
-    """A :class:`Server` that knows when it waits for the client."""
+    """A :class:`Server` that knows when (and in which greenlet) it waits for the client."""
 
     idle = False
+    waiter: Any = None
 
     def _recv(self, conn: Any) -> bytes:
         # The loop flushes every pending reply before it reads, so while the
         # greenlet is blocked here nothing is half-written and the client
         # has its answers: the one safe moment to say 421 and hang up.
         self.idle = True
+        self.waiter = gevent.getcurrent()
         try:
             return super()._recv(conn)
         except _ShuttingDown:
@@ -77,25 +81,30 @@ class _AppServer(Server):
             raise ConnectionLost("the server is shutting down") from None
         finally:
             self.idle = False
+            self.waiter = None
 
 
 class Sessions:
     """The open SMTP sessions of every edge, old and new."""
 
     def __init__(self) -> None:
-        self.servers: dict[gevent.Greenlet[..., Any], _AppServer] = {}
+        self.servers: set[Server] = set()
+        self.edges: list[AppSmtpEdge] = []
         self.pools: list[Pool] = []
 
     def __len__(self) -> int:
-        return sum(len(pool) for pool in self.pools)
+        return len(self.servers)
 
     def close_idle(self) -> int:
         """Say 421 to every session waiting for its client; return how many."""
         count = 0
-        for greenlet, server in list(self.servers.items()):
-            if server.idle and not greenlet.dead:
-                greenlet.kill(_ShuttingDown(), block=False)
+        for server in list(self.servers):
+            waiter = getattr(server, "waiter", None)
+            if getattr(server, "idle", False) and waiter is not None and not waiter.dead:
+                gevent.kill(waiter, _ShuttingDown())
                 count += 1
+        for edge in self.edges:
+            count += edge.close_parked(_SHUTDOWN)
         return count
 
     def drain(self, grace: float, hard: float = 10.0) -> None:
@@ -116,45 +125,30 @@ class Sessions:
 
 
 class AppSmtpEdge(SmtpEdge):
-    """:class:`SmtpEdge` whose sessions are tracked for a graceful shutdown."""
+    """:class:`SmtpEdge` whose sessions are tracked for metrics and a graceful shutdown.
+
+    Everything else (client limits, early-talker checks, parking) is
+    :class:`SmtpEdge`'s own: only the session hooks are used here.
+    """
+
+    server_class = _AppServer
 
     def __init__(self, *args: Any, name: str, sessions: Sessions, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.name = name
         self.sessions = sessions
         self.metrics = metrics
+        sessions.edges.append(self)
 
-    def handle(self, socket: Any, address: Any) -> None:
-        """Serve one connection (as :meth:`SmtpEdge.handle`), tracked."""
-        session = self.session_class(address, self.validator_class, self.handoff)
-        session.hostname = self.hostname
-        server = _AppServer(
-            socket,
-            session,
-            address=address,
-            auth=self.auth,
-            context=self.context,
-            tls_immediately=self.tls_immediately,
-            command_timeout=self.command_timeout,
-            data_timeout=self.data_timeout,
-        )
-        server.hostname = self.hostname
-        server.extensions.add("DSN")
-        if self.max_size:
-            server.extensions.add("SIZE", self.max_size)
-        me = gevent.getcurrent()
-        self.sessions.servers[me] = server  # type: ignore[index]
+    def session_started(self, server: Server) -> None:
+        """Track the session and count it."""
+        self.sessions.servers.add(server)
         self.metrics.session_started(self.name)
-        try:
-            server.handle()
-        except ConnectionLost:
-            pass
-        except Exception:  # noqa: BLE001 - one broken session must not stop the server
-            slimta_logging.log_exception(__name__, address=address)
-        finally:
-            self.sessions.servers.pop(me, None)  # type: ignore[call-overload]
-            self.metrics.session_ended(self.name)
-            server.io.close()
+
+    def session_ended(self, server: Server) -> None:
+        """Forget the session."""
+        self.sessions.servers.discard(server)
+        self.metrics.session_ended(self.name)
 
 
 # -- relays -------------------------------------------------------------------
@@ -515,6 +509,8 @@ class Node:
         self.sessions.pools = [
             p for p in self.sessions.pools if len(p) or any(e.server.pool is p for e in self.edges)
         ]
+        # Old edges only matter while they still have parked sessions.
+        self.sessions.edges = [e for e in self.sessions.edges if e in self.edges or e._parked]
         # Attempts in flight may still use the old relays; let them finish.
         gevent.spawn_later(600, _kill_relays, list(old_relays.values()))
         slimta_logging.logline(

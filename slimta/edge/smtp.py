@@ -337,10 +337,14 @@ class SmtpEdge(EdgeServer):
             a 10 s grace period (None: no minimum).
         greet_pause: seconds to wait for early talkers before the banner.
 
-    .. versionchanged:: 5.0
+    .. versionchanged:: 0.1.0
        ``limits``, ``park_idle``, ``session_timeout``, ``min_data_rate``
        and ``greet_pause``.
     """
+
+    #: The :class:`~slimta.smtp.server.Server` class built for each session
+    #: (see :meth:`build_server`); a subclass may use its own.
+    server_class: type[Server] = Server
 
     def __init__(
         self,
@@ -451,10 +455,49 @@ class SmtpEdge(EdgeServer):
             _send_quietly(socket, refusal)
             return
         server = self.build_server(socket, address)
+        self.session_started(server)
         if self._drive(server, start=True):
             self._parking = socket
         else:
             self.limiter.release(address)
+
+    def session_started(self, server: Server) -> None:
+        """Called when a session's :class:`Server` is built, before its banner.
+
+        Subclasses may track sessions (e.g. for metrics or a graceful
+        shutdown); each call is matched by one :meth:`session_ended`.
+
+        .. versionadded:: 0.1.0
+        """
+
+    def session_ended(self, server: Server) -> None:
+        """Called once a session is over and its socket closed.
+
+        .. versionadded:: 0.1.0
+        """
+
+    def close_parked(self, reply: Reply) -> int:
+        """Send ``reply`` (e.g. a ``421``) to every parked session and close it.
+
+        Parked sessions wait for their client with no greenlet, so a graceful
+        shutdown reaches them here.  Returns how many were closed.
+
+        .. versionadded:: 0.1.0
+        """
+        parked, self._parked = self._parked, {}
+        for server, handle in parked.items():
+            handle.cancel()
+            _send_quietly(server.io.socket, reply)
+            self._end_parked(server)
+        return len(parked)
+
+    def _end_parked(self, server: Server) -> None:
+        with suppress(Exception):
+            server.finish()
+        server.io.close()
+        self.limiter.release(server.address)
+        self.limiter.close()
+        self.session_ended(server)
 
     def build_server(self, socket: Any, address: Any) -> Server:
         """The :class:`Server` for one connection, with this edge's settings.
@@ -464,7 +507,7 @@ class SmtpEdge(EdgeServer):
         session = self.session_class(address, self.validator_class, self.handoff)
         session.hostname = self.hostname
         session.limiter = self.limiter
-        server = Server(
+        server = self.server_class(
             socket,
             session,
             address=address,
@@ -515,6 +558,7 @@ class SmtpEdge(EdgeServer):
                     if started:
                         server.finish()
                 server.io.close()
+                self.session_ended(server)
         return False
 
     def kill(self, *args: Any, **kwargs: Any) -> None:
@@ -522,11 +566,7 @@ class SmtpEdge(EdgeServer):
         parked, self._parked = self._parked, {}
         for server, handle in parked.items():
             handle.cancel()
-            with suppress(Exception):
-                server.finish()
-            server.io.close()
-            self.limiter.release(server.address)
-            self.limiter.close()
+            self._end_parked(server)
         super().kill(*args, **kwargs)
 
 

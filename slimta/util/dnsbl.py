@@ -338,7 +338,7 @@ def check_dnsbl(
     Returns:
         The decorator.
 
-    .. versionchanged:: 5.0
+    .. versionchanged:: 0.1.0
        IPv6 clients are checked; ``strict`` was added.
     """
     dnsbl = address if isinstance(address, DnsBlocklist | DnsBlocklistGroup) else DnsBlocklist(address)

@@ -38,7 +38,7 @@ socket's own peer address (the proxy's): a version 1 ``UNKNOWN`` line, a
 version 2 ``LOCAL`` command (what HAProxy sends for its health checks) and
 a version 2 header with an unspecified address family.
 
-.. versionchanged:: 5.0
+.. versionchanged:: 0.1.0
    python-slimta passed ``(None, None)`` on to the edge for an invalid
    header and closed version 2 ``LOCAL`` connections.  Here an invalid
    header closes the connection -- a client must not be able to talk past

@@ -102,7 +102,7 @@ class LookupBase:
         contains ``@``, ``localpart=`` (everything before the last ``@``)
         and ``domain=`` (everything after it).
 
-        .. versionchanged:: 5.0
+        .. versionchanged:: 0.1.0
            ``localpart`` is passed as well as ``domain``.
 
         Args:

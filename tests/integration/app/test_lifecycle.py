@@ -196,3 +196,4 @@ def test_daemon_mode_with_pid_file(tmp_path: Path) -> None:
             break
         gevent.sleep(0.05)
     assert not pid_file.exists()
+
