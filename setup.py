@@ -16,6 +16,9 @@ TEST_REQUIRES = [
     "aiosmtpd>=1.4.6",
     "redis>=5",
     "prometheus_client>=0.20",
+    "dkimpy>=1.1",
+    "pynacl>=1.5",
+    "cryptography>=42",
 ]
 DEV_REQUIRES = [
     *TEST_REQUIRES,
@@ -50,6 +53,10 @@ setup(
     extras_require={
         "redis": ["redis>=5"],
         "metrics": ["prometheus_client>=0.20"],
+        # DKIM signing and verification (ed25519 needs PyNaCl).
+        "dkim": ["dkimpy>=1.1", "pynacl>=1.5"],
+        # DANE-TA chain checks and SPKI selectors.
+        "dane": ["cryptography>=42"],
         "test": TEST_REQUIRES,
         "dev": DEV_REQUIRES,
     },

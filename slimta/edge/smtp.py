@@ -47,6 +47,7 @@ import gevent
 from slimta import logging as slimta_logging
 from slimta.bounce.dsn import DsnError, parse_mail_params, parse_rcpt_params, set_dsn, set_recipient_dsn
 from slimta.envelope import Envelope
+from slimta.policy.requiretls import accept_requiretls, set_requiretls
 from slimta.smtp import ConnectionLost, MessageTooBig, SmtpError
 from slimta.smtp.reply import Reply
 from slimta.smtp.server import Server
@@ -205,6 +206,10 @@ class SmtpSession:
             reply.code = "501"
             reply.message = f"5.5.4 {exc}"
             return
+        requiretls = accept_requiretls(_dsn_params(params, ("REQUIRETLS",)), encrypted=self.security == "TLS")
+        if isinstance(requiretls, tuple):
+            reply.code, reply.message = requiretls
+            return
         if self._over_rate(reply, "message"):
             return
         self._call_validator("mail", reply, address, params)
@@ -212,6 +217,8 @@ class SmtpSession:
             self.envelope = Envelope(sender=address)
             if dsn.ret is not None or dsn.envid is not None:
                 set_dsn(self.envelope, dsn)
+            if requiretls is True:
+                set_requiretls(self.envelope)
 
     def RCPT(self, reply: Any, address: str, params: dict[str, Any]) -> None:
         try:
@@ -521,6 +528,9 @@ class SmtpEdge(EdgeServer):
         # SmtpSession keeps RFC 3461 requests with the envelope; the queue and
         # the bounces honour them.
         server.extensions.add("DSN")
+        # SmtpSession keeps REQUIRETLS with the envelope; the SMTP relay
+        # honours it.
+        server.offer_requiretls = True
         if self.max_size:
             server.extensions.add("SIZE", self.max_size)
         server.session_timeout = self.session_timeout

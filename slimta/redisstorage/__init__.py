@@ -69,6 +69,7 @@ from redis.retry import Retry
 from slimta import logging as slimta_logging
 from slimta.bounce.dsn import EnvelopeDsn, get_dsn, set_dsn
 from slimta.envelope import Envelope
+from slimta.policy.requiretls import get_requiretls, set_requiretls
 from slimta.queue import QueueEntry, QueueError, QueueStorage
 
 from . import _scripts
@@ -327,6 +328,7 @@ class RedisStorage(QueueStorage):
             "receiver": envelope.receiver,
             "timestamp": envelope.timestamp,
             "dsn": None if dsn is None else dsn.to_dict(),
+            "requiretls": get_requiretls(envelope),
             "has_headers": envelope.headers is not None,
             "has_body": envelope.message is not None,
         }
@@ -350,6 +352,8 @@ class RedisStorage(QueueStorage):
             envelope.timestamp = meta.get("timestamp")
             if meta.get("dsn") is not None:
                 set_dsn(envelope, EnvelopeDsn.from_dict(meta["dsn"]))
+            if meta.get("requiretls"):
+                set_requiretls(envelope)
         except (ValueError, KeyError, TypeError) as exc:
             raise RedisStorageError(f"unreadable queue record: {exc}") from exc
         return envelope

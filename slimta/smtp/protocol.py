@@ -140,6 +140,15 @@ _VERB = re.compile(rb"[A-Za-z][A-Za-z0-9_-]{0,19}\Z")
 _BDAT_ARGS = re.compile(r"([0-9]{1,18})(?: +(LAST))? *\Z", re.IGNORECASE)
 _BARE_EOL = re.compile(rb"\r\n|\r|\n")
 _JUNK = (Noop, Rset, UnknownCommand)
+# MAIL parameter -> (extension that must be offered, keyword without value,
+# TLS required).
+_EXTENSION_PARAMS: Final[dict[str, tuple[str, bool, bool]]] = {
+    "SMTPUTF8": ("SMTPUTF8", True, False),
+    "AUTH": ("AUTH", False, False),
+    "REQUIRETLS": ("REQUIRETLS", True, True),
+    "RET": ("DSN", False, False),
+    "ENVID": ("DSN", False, False),
+}
 # Returned by _read_line for a line the core has already answered (too long).
 _ANSWERED: Final = b"<answered>"
 
@@ -452,33 +461,39 @@ class ServerConnection:
     def _check_mail_params(self, params: dict[str, str | bool]) -> tuple[str, str] | None:
         for key, value in params.items():
             if key == "SIZE":
-                if not isinstance(value, str) or not (value.isascii() and value.isdigit()) or len(value) > 18:
-                    return ("501", "5.5.4 Invalid SIZE parameter")
-                limit = self.limits.max_message_size
-                if limit is not None and int(value) > limit:
-                    return (
-                        "552",
-                        f"5.3.4 Message size exceeds fixed limit of {limit} octets",
-                    )
+                problem = self._check_size(value)
             elif key == "BODY":
                 body = value.upper() if isinstance(value, str) else ""
-                if body not in ("7BIT", "8BITMIME") or (
-                    body == "8BITMIME" and "8BITMIME" not in self.extensions
-                ):
-                    return ("501", "5.5.4 Unsupported BODY parameter")
-            elif key == "SMTPUTF8":
-                if value is not True or "SMTPUTF8" not in self.extensions:
-                    return ("555", "5.5.4 SMTPUTF8 not supported")
-            elif key == "AUTH":
-                # RFC 4954 5: accepted, and only trusted from authenticated
-                # clients; it is passed on to hooks unchanged.
-                if "AUTH" not in self.extensions:
-                    return ("555", "5.5.4 AUTH parameter not supported")
-            elif key in ("RET", "ENVID"):
-                if "DSN" not in self.extensions:
-                    return ("555", f"5.5.4 {key} parameter not supported")
+                ok = body == "7BIT" or (body == "8BITMIME" and "8BITMIME" in self.extensions)
+                problem = None if ok else ("501", "5.5.4 Unsupported BODY parameter")
+            elif key in _EXTENSION_PARAMS:
+                problem = self._check_extension_param(key, value)
             else:
-                return ("555", f"5.5.4 Unsupported parameter {key}")
+                problem = ("555", f"5.5.4 Unsupported parameter {key}")
+            if problem is not None:
+                return problem
+        return None
+
+    def _check_size(self, value: str | bool) -> tuple[str, str] | None:
+        if not isinstance(value, str) or not (value.isascii() and value.isdigit()) or len(value) > 18:
+            return ("501", "5.5.4 Invalid SIZE parameter")
+        limit = self.limits.max_message_size
+        if limit is not None and int(value) > limit:
+            return ("552", f"5.3.4 Message size exceeds fixed limit of {limit} octets")
+        return None
+
+    def _check_extension_param(self, key: str, value: str | bool) -> tuple[str, str] | None:
+        """A MAIL parameter that is valid only when its extension is offered."""
+        extension, needs_flag, needs_tls = _EXTENSION_PARAMS[key]
+        # AUTH= (RFC 4954 5) is passed on to hooks unchanged and trusted only
+        # from authenticated clients; REQUIRETLS (RFC 8689) is offered, and
+        # so accepted, only over TLS; the handlers decide what to do with it.
+        if (
+            extension not in self.extensions
+            or (needs_flag and value is not True)
+            or (needs_tls and not self.encrypted)
+        ):
+            return ("555", f"5.5.4 {key} parameter not supported")
         return None
 
     def _build_rcpt(self, arg: str) -> Event | None:

@@ -178,6 +178,11 @@ class Server:
         #:
         #: .. versionadded:: 0.1.0
         self.greet_pause = 0.0
+        #: Offer REQUIRETLS (RFC 8689) once the session is encrypted; the
+        #: handlers must keep the MAIL parameter with the message.
+        #:
+        #: .. versionadded:: 0.1.0
+        self.offer_requiretls = False
         #: Refuse clients that send before the banner with ``554 5.5.0``.
         self.reject_early_talkers = True
         #: Called before each AUTH exchange; a reply it returns refuses the
@@ -505,6 +510,9 @@ class Server:
         except Timeout:
             ok = False
         if ok:
+            if self.offer_requiretls:
+                # RFC 8689: REQUIRETLS is advertised only over TLS.
+                self.extensions.add("REQUIRETLS")
             self._call("TLSHANDSHAKE")
             self._call("TLSHANDSHAKE2", self.io.socket)
         return ok

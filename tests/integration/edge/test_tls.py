@@ -268,3 +268,22 @@ def test_stalled_implicit_tls_is_closed(edge_factory, raw_client, stdlib_server_
     assert client.buf == b""  # no cleartext banner on an implicit-TLS port
     assert time.monotonic() - start < 0.5 + 1
     assert edge.hooks() == []
+
+
+def test_requiretls_offered_only_over_tls_and_kept(edge_factory, stdlib_server_context, client_context):
+    from slimta.policy.requiretls import get_requiretls
+
+    edge = edge_factory(context=stdlib_server_context)
+    with smtplib.SMTP("127.0.0.1", edge.port, timeout=5) as client:
+        client.ehlo("client.test")
+        assert not client.has_extn("requiretls")
+        code, msg = client.mail("a@src.test", ["REQUIRETLS"])
+        assert code == 555
+        client.starttls(context=client_context)
+        client.ehlo("client.test")
+        assert client.has_extn("requiretls")
+        client.sendmail("a@src.test", ["b@dst.test"], MESSAGE, mail_options=["REQUIRETLS"])
+        client.sendmail("a@src.test", ["c@dst.test"], MESSAGE)
+    first, second = edge.queue.envelopes
+    assert get_requiretls(first)
+    assert not get_requiretls(second)

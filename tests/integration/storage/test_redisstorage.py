@@ -226,6 +226,16 @@ def test_dsn_request_round_trips(make):
     assert got.to_dict() == dsn.to_dict()
 
 
+def test_requiretls_round_trips(make):
+    from slimta.policy.requiretls import get_requiretls, set_requiretls
+
+    storage = make()
+    marked, plain = _envelope(), _envelope()
+    set_requiretls(marked)
+    assert get_requiretls(storage.get(storage.write(marked, 1.0))[0])
+    assert not get_requiretls(storage.get(storage.write(plain, 1.0))[0])
+
+
 def test_redis_down_is_a_queue_error(redis_server_factory):  # noqa: F811
     server = redis_server_factory()
     storage = RedisStorage(port=server.port, socket_timeout=2)
