@@ -9,6 +9,10 @@
   in unnoticed.  Unit tests are sans-IO and CPU-bound by design: a long
   hypothesis run there holds the hub without starving anything, so they are
   not guarded.
+* DNS stays on loopback: the default :class:`slimta.util.dns.DNSResolver` is
+  pointed at a closed loopback port for the whole run, so no test can query
+  the machine's own resolver (tests that need answers start a DNS server on
+  loopback and point the resolver at it).
 * ``require_tool``: tests that talk to a real external program (swaks,
   smtp-source, redis-server) skip when it is missing on a developer's machine
   but fail under CI, where ``.ci/run`` installs them.
@@ -39,6 +43,10 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:  # pragma: no cover
         return
     config.addinivalue_line("markers", "allow_hub_block: this test blocks the hub on purpose")
+    from slimta.util.dns import DNSResolver
+
+    # Port 9 (discard) on loopback has no listener: queries fail at once.
+    DNSResolver.set_default(DNSResolver(servers=[("127.0.0.1", 9)], timeout=0.5, tries=1))
     config.addinivalue_line("markers", "hub_guard: fail this (unit) test if the gevent hub is blocked")
     events.subscribers.append(_on_gevent_event)
 
