@@ -46,11 +46,13 @@ import gevent
 
 from slimta import logging as slimta_logging
 from slimta.bounce.dsn import DsnError, parse_mail_params, parse_rcpt_params, set_dsn, set_recipient_dsn
+from slimta.core import SlimtaError
 from slimta.envelope import Envelope
 from slimta.policy.requiretls import accept_requiretls, set_requiretls
 from slimta.smtp import ConnectionLost, MessageTooBig, SmtpError
 from slimta.smtp.reply import Reply
 from slimta.smtp.server import Server
+from slimta.util.ptrlookup import PtrLookup
 
 from . import EdgeServer
 from .limits import ClientLimits, Limiter
@@ -121,6 +123,15 @@ class SmtpSession:
     #: The edge's :class:`~slimta.edge.limits.Limiter` (set by SmtpEdge), for
     #: message, recipient and AUTH-failure rates.
     limiter: Limiter | None = None
+    #: Look up the client's PTR name when it connects (with
+    #: :class:`slimta.util.ptrlookup.PtrLookup`, through the default
+    #: :class:`~slimta.util.dns.DNSResolver`), for :attr:`reverse_address` and
+    #: ``envelope.client['host']``.  Off by default, unlike python-slimta:
+    #: a query per connection is a cost and a dependency on DNS that a
+    #: deployment should choose (set it on a subclass, or on this class).
+    #:
+    #: .. versionadded:: 0.1.0
+    reverse_lookup = False
 
     def __init__(
         self,
@@ -138,8 +149,10 @@ class SmtpSession:
         #: ``(authcid, authzid)`` once the client authenticated, else None.
         self.auth: tuple[str, str | None] | None = None
         self.envelope: Envelope | None = None
-        #: The client's PTR name, when a lookup has filled it in.
+        #: The client's PTR name, when a lookup has filled it in (see
+        #: :attr:`reverse_lookup`).
         self.reverse_address: str | None = None
+        self._ptr_lookup: Any = None
         #: Set by SmtpEdge: the name recorded as ``envelope.receiver``.
         self.hostname: str | None = None
         self.validators = validator_class(self) if validator_class else None
@@ -160,7 +173,26 @@ class SmtpSession:
             method(*args)
 
     def BANNER_(self, reply: Any) -> None:
+        if self.reverse_lookup and self.address:
+            self._start_reverse_lookup(str(self.address[0]))
         self._call_validator("banner", reply, self.address)
+
+    def _start_reverse_lookup(self, ip: str) -> None:
+        try:
+            lookup = PtrLookup(ip)
+        except (ValueError, SlimtaError):
+            return  # not an IP address (e.g. a unix socket peer)
+        lookup.link_value(self._reverse_found)
+        lookup.start()
+        self._ptr_lookup = lookup
+
+    def _reverse_found(self, lookup: Any) -> None:
+        if isinstance(lookup.value, str):
+            self.reverse_address = lookup.value
+
+    def CLOSE(self) -> None:
+        if self._ptr_lookup is not None:
+            self._ptr_lookup.kill(block=False)
 
     def EHLO(self, reply: Any, ehlo_as: str) -> None:
         self._call_validator("ehlo", reply, ehlo_as)
@@ -290,8 +322,6 @@ class SmtpSession:
 
     @staticmethod
     def _queued_reply(reply: Any, results: list[tuple[Envelope, Any]]) -> None:
-        from slimta.core import SlimtaError
-
         for _, outcome in results:
             if isinstance(outcome, SlimtaError):
                 error_reply = getattr(outcome, "reply", None)
