@@ -178,6 +178,12 @@ class Server:
         #:
         #: .. versionadded:: 0.1.0
         self.greet_pause = 0.0
+        #: With parking (:meth:`run` with ``park=True``), seconds an idle
+        #: session keeps its greenlet before it parks.
+        #:
+        #: .. versionadded:: 0.1.0
+        self.park_after = 0.05
+        self._park_timer: _ReadTimer | None = None
         #: Offer REQUIRETLS (RFC 8689) once the session is encrypted; the
         #: handlers must keep the MAIL parameter with the message.
         #:
@@ -257,11 +263,13 @@ class Server:
         return self._loop(self.conn, park)
 
     def finish(self) -> None:
-        """Release the session's timer and call the ``CLOSE`` hook.
+        """Release the session's timers and call the ``CLOSE`` hook.
 
         .. versionadded:: 0.1.0
         """
         self._command_timer.close()
+        if self._park_timer is not None:
+            self._park_timer.close()
         self._call("CLOSE")
 
     def _loop(self, conn: ServerConnection, park: bool = False) -> bool:
@@ -271,7 +279,11 @@ class Server:
             if event is NEED_DATA:
                 self.io.send(conn.data_to_send())
                 if park and conn.mode is InputMode.COMMAND and self._parkable():
-                    return True
+                    data = self._recv_before_parking(conn)
+                    if data is None:
+                        return True
+                    conn.receive_data(data)
+                    continue
                 conn.receive_data(self._recv(conn))
                 continue
             if isinstance(event, ConnectionClosed):
@@ -298,6 +310,37 @@ class Server:
                 self._data_deadline = None
 
     # -- parking ---------------------------------------------------------------
+
+    def _recv_before_parking(self, conn: ServerConnection) -> bytes | None:
+        """Wait :attr:`park_after` seconds in the greenlet; None: park now.
+
+        Parking costs a greenlet per wake-up, so only a session that stays
+        idle for a while is parked: an active client's next command usually
+        arrives within milliseconds.
+        """
+        if self.park_after <= 0:
+            return None
+        timeout, _ = self._read_timeout(conn)
+        if timeout <= self.park_after:
+            return self._recv(conn)
+        timer = self._park_timer
+        if timer is None:
+            timer = self._park_timer = _ReadTimer(self.park_after)
+        timer.arm()
+        try:
+            return self.io.recv()
+        except _ReadTimedOut as exc:
+            if exc is not timer.expired:
+                raise
+            # The reused exception would otherwise keep this greenlet's
+            # frames alive, through its traceback, while the session parks.
+            exc.__traceback__ = None
+            return None
+        except TimeoutError:
+            self._send_timeout()
+            raise ConnectionLost("Timed out waiting for the client") from None
+        finally:
+            timer.disarm()
 
     def _parkable(self) -> bool:
         # Decrypted TLS data may wait inside the SSL object with nothing

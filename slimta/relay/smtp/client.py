@@ -577,6 +577,31 @@ class SmtpRelayClient(RelayPoolClient):
     def _rcpt_params(envelope: Envelope, rcpt: str, dsn: bool) -> dict[str, str | bool] | None:
         return dict(rcpt_params(envelope, rcpt)) if dsn else None
 
+    def _open_data(
+        self, client: Client, envelope: Envelope, mail: Reply, rcpts: list[Reply]
+    ) -> DeliveryResult | None:
+        """Send DATA; return the result when the transaction ends there.
+
+        That is when MAIL or every RCPT was refused (a server that said 354
+        anyway gets an empty message), or DATA itself was refused.  None
+        means: send the message now.
+        """
+        with (
+            self._stale_guard(mail),
+            self._step(self._step_of(mail, rcpts, "DATA"), self.command_timeout),
+        ):
+            data = client.data()
+        if mail.is_error() or all(reply.is_error() for reply in rcpts):
+            if data.code == "354":
+                with self._step("[SEND_DATA]", self.data_timeout):
+                    client.send_empty_data()
+            if mail.is_error():
+                raise SmtpRelayError.factory(mail)
+            return self._merge(envelope.recipients, rcpts, data)
+        if data.is_error():
+            raise SmtpRelayError.factory(data)
+        return None
+
     def _send_message(
         self, client: Client, envelope: Envelope, mail: Reply, rcpts: list[Reply], header: bytes, body: bytes
     ) -> DeliveryResult:
@@ -588,21 +613,9 @@ class SmtpRelayClient(RelayPoolClient):
             if all(reply.is_error() for reply in rcpts):
                 return self._merge(envelope.recipients, rcpts, final)
         else:
-            with (
-                self._stale_guard(mail),
-                self._step(self._step_of(mail, rcpts, "DATA"), self.command_timeout),
-            ):
-                data = client.data()
-            if mail.is_error() or all(reply.is_error() for reply in rcpts):
-                if data.code == "354":
-                    # A server that said 354 anyway gets an empty message.
-                    with self._step("[SEND_DATA]", self.data_timeout):
-                        client.send_empty_data()
-                if mail.is_error():
-                    raise SmtpRelayError.factory(mail)
-                return self._merge(envelope.recipients, rcpts, data)
-            if data.is_error():
-                raise SmtpRelayError.factory(data)
+            done = self._open_data(client, envelope, mail, rcpts)
+            if done is not None:
+                return done
             with self._step("[SEND_DATA]", self.data_timeout):
                 final = client.send_data(header, body)
         if final.is_error():

@@ -45,17 +45,9 @@ class LmtpRelayClient(SmtpRelayClient):
         self, client: Client, envelope: Envelope, mail: Reply, rcpts: list[Reply], header: bytes, body: bytes
     ) -> DeliveryResult:
         assert isinstance(client, LmtpClient)
-        with self._stale_guard(mail), self._step(self._step_of(mail, rcpts, "DATA"), self.command_timeout):
-            data = client.data()
-        if mail.is_error() or all(reply.is_error() for reply in rcpts):
-            if data.code == "354":
-                with self._step("[SEND_DATA]", self.data_timeout):
-                    client.send_empty_data()
-            if mail.is_error():
-                raise SmtpRelayError.factory(mail)
-            return self._merge(envelope.recipients, rcpts, data)
-        if data.is_error():
-            raise SmtpRelayError.factory(data)
+        done = self._open_data(client, envelope, mail, rcpts)
+        if done is not None:
+            return done
         with self._step("[SEND_DATA]", self.data_timeout):
             per_rcpt = client.send_data(header, body)
         return self._merge_lmtp(envelope.recipients, rcpts, per_rcpt)
