@@ -308,8 +308,7 @@ class SmtpSession:
             reply.code = "554"
             reply.message = "5.6.0 Message could not be parsed"
             return
-        received = envelope.headers.get_all("Received") if envelope.headers is not None else None
-        hops = len(received or ())
+        hops = envelope.count_headers("Received")
         if hops > self.max_hops:
             # RFC 5321 6.3: a message that has passed this many MTAs is
             # looping; refuse it rather than pass it round again.

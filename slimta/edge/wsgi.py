@@ -299,7 +299,7 @@ class WsgiEdge(EdgeServer, WsgiServer):
             envelope.parse(self._read_body(environ))
         except EnvelopeError as exc:
             raise _bad_request("554", "5.6.0 Unparseable message") from exc
-        hops = len(envelope.headers.get_all("Received") or ()) if envelope.headers is not None else 0
+        hops = envelope.count_headers("Received")
         if hops > self.max_hops:
             reply = Reply("554", f"5.4.6 Too many hops ({hops} Received headers), probable mail loop")
             return _smtp_response(reply)

@@ -761,3 +761,31 @@ def test_header_parse_matches_stdlib(fields):
     expected = Parser(policy=compat32).parsestr(section, headersonly=True)
     assert env.headers.items() == expected.items()
     assert env.message == b"body\r\n"
+
+
+@given(
+    fields=st.lists(
+        st.tuples(st.sampled_from(["Received", "received", "RECEIVED", "X-Received", "Subject"]), _field_text),
+        max_size=12,
+    )
+)
+@settings(max_examples=200, deadline=None, derandomize=True)
+def test_count_headers_same_before_and_after_parsing(fields):
+    section = "".join(f"{name}:{value}\r\n" for name, value in fields)
+    env = Envelope()
+    env.parse(section.encode() + b"\r\nbody\r\n")
+    unparsed = env.count_headers("Received")
+    assert env.headers is not None  # parses now
+    assert env.count_headers("Received") == unparsed
+    assert unparsed == sum(1 for name, _ in fields if name.lower() == "received")
+
+
+def test_headers_parsed_lazily_and_assignable():
+    env = Envelope()
+    env.parse(b"Subject: lazy\r\n\r\nbody\r\n")
+    assert env._headers is None  # nothing parsed yet
+    assert env.headers["Subject"] == "lazy"
+    replacement = Message()
+    env.headers = replacement
+    assert env.headers is replacement
+    assert env.flatten() == (b"\r\n", b"body\r\n")
