@@ -84,6 +84,14 @@ _NAME = rb"[\x21-\x39\x3b-\x7e]+"
 # no body at all.  Possessive quantifiers keep the match linear even on a
 # megabyte-long line.
 _FIELD = re.compile(r"([\x21-\x39\x3b-\x7e]+):([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)(?:\r?\n)?")
+# A header section that _header_line() would write back unchanged: CRLF line
+# endings, one space after each colon before a value (none when the value
+# starts on a continuation line), continuation lines as they are.
+_CANONICAL_FIELD = (
+    rb"[\x21-\x39\x3b-\x7e]+:"
+    rb"(?: (?![ \t\r])[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*| \r\n(?![ \t])|\r\n(?:[ \t][^\r\n]*\r\n)+)"
+)
+_CANONICAL_SECTION = re.compile(rb"(?:" + _CANONICAL_FIELD + rb")*\Z")
 _HEADER_LINES = re.compile(rb"(?:" + _NAME + rb":[^\r\n]*+(?:\r?\n|\Z)(?:[ \t][^\r\n]*+(?:\r?\n|\Z))*+)*+")
 # An LF not preceded by CR.  The pattern starts with a literal, so the regex
 # engine skips ahead with a fast scan for LF; on a CRLF body this is about
@@ -408,6 +416,12 @@ class Envelope:
                 line break not followed by whitespace.
             EnvelopeTypeError: :attr:`message` is not bytes.
         """
+        body = b"" if self.message is None else _as_bytes(self.message, "message")
+        raw = self._header_bytes
+        if raw is not None and _CANONICAL_SECTION.match(raw):
+            # Never parsed, and already exactly what serialising the parsed
+            # fields would give: send the received bytes as they are.
+            return raw + b"\r\n", _crlf(body)
         lines: list[str] = []
         if self.headers is not None:
             unixfrom = self.headers.get_unixfrom()
@@ -416,7 +430,6 @@ class Envelope:
             lines.extend(_header_line(name, value) for name, value in self.headers.raw_items())
         lines.append("\r\n")
         header_bytes = "".join(lines).encode("ascii", "surrogateescape")
-        body = b"" if self.message is None else _as_bytes(self.message, "message")
         return header_bytes, _crlf(body)
 
     # -- 8-bit and internationalised content ------------------------------

@@ -132,7 +132,13 @@ def parse_record(raw: bytes, kind: bytes) -> tuple[dict[str, Any], memoryview]:
 
 
 def _header_bytes(envelope: Envelope) -> tuple[bytes, str | None]:
-    headers: Message | None = envelope.headers
+    if envelope._headers is None and envelope._header_bytes is not None:
+        # Never parsed (the usual case for a message just received): write
+        # the section without building a Message; it has no mbox From line.
+        unparsed = Envelope()
+        unparsed._header_bytes = envelope._header_bytes
+        return unparsed.flatten()[0], None
+    headers: Message | None = envelope._headers
     if headers is None:
         return b"", None
     unixfrom = headers.get_unixfrom()
@@ -174,7 +180,9 @@ def encode_envelope(id_: str, envelope: Envelope, timestamp: float) -> bytes:
         "receiver": envelope.receiver,
         "received": envelope.timestamp,
         "dsn": dsn.to_dict() if isinstance(dsn, EnvelopeDsn) else None,
-        "headers": None if envelope.headers is None else len(header_bytes),
+        "headers": None
+        if envelope._headers is None and envelope._header_bytes is None
+        else len(header_bytes),
         "unixfrom": unixfrom,
         "body": message is not None,
         "extra": _extra(envelope),

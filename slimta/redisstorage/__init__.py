@@ -329,7 +329,8 @@ class RedisStorage(QueueStorage):
             "timestamp": envelope.timestamp,
             "dsn": None if dsn is None else dsn.to_dict(),
             "requiretls": get_requiretls(envelope),
-            "has_headers": envelope.headers is not None,
+            # Not envelope.headers, which would parse a section nobody read.
+            "has_headers": envelope._headers is not None or envelope._header_bytes is not None,
             "has_body": envelope.message is not None,
         }
         body = envelope.message if envelope.message is not None else b""

@@ -784,8 +784,42 @@ def test_headers_parsed_lazily_and_assignable():
     env = Envelope()
     env.parse(b"Subject: lazy\r\n\r\nbody\r\n")
     assert env._headers is None  # nothing parsed yet
+    assert env.flatten() == (b"Subject: lazy\r\n\r\n", b"body\r\n")
+    assert env._headers is None  # a canonical section is sent back unparsed
     assert env.headers["Subject"] == "lazy"
     replacement = Message()
     env.headers = replacement
     assert env.headers is replacement
     assert env.flatten() == (b"\r\n", b"body\r\n")
+
+
+_spacing = st.sampled_from(["", " ", "  ", "\t", " \t"])
+
+
+@given(
+    fields=st.lists(
+        st.tuples(
+            _field_names,
+            _spacing,
+            st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=10),
+            st.lists(st.tuples(st.sampled_from([" ", "\t"]), _field_text), max_size=2),
+            st.sampled_from(["\r\n", "\n"]),
+        ),
+        max_size=6,
+    ),
+    high=st.booleans(),
+)
+@settings(max_examples=400, deadline=None, derandomize=True)
+def test_unparsed_flatten_equals_parsed_flatten(fields, high):
+    # The fast path (raw header bytes sent back) must give exactly what
+    # parsing and serialising the fields gives.
+    lines = []
+    for name, space, value, folds, eol in fields:
+        lines.append(f"{name}:{space}{value}{eol}" + "".join(f"{ws}{fold}{eol}" for ws, fold in folds))
+    section = "".join(lines).encode() + (b"X-High: \xe9t\xe9\r\n" if high else b"")
+    data = section + b"\r\nbody\r\n"
+    fast, slow = Envelope(), Envelope()
+    fast.parse(data)
+    slow.parse(data)
+    assert slow.headers is not None  # forces the parse
+    assert fast.flatten() == slow.flatten()
