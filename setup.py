@@ -19,6 +19,7 @@ TEST_REQUIRES = [
     "dkimpy>=1.1",
     "pynacl>=1.5",
     "cryptography>=42",
+    "bcrypt>=4",  # so the bcrypt-hash tests of slimta.smtp.auth run
 ]
 DEV_REQUIRES = [
     *TEST_REQUIRES,
