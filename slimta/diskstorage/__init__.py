@@ -80,6 +80,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -90,7 +91,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import gevent
-from gevent.event import Event
 from gevent.lock import Semaphore
 
 from slimta import logging as slimta_logging
@@ -99,6 +99,7 @@ from slimta.diskstorage._format import RecordError, StoredMeta
 from slimta.envelope import EnvelopeError
 from slimta.queue import QueueEntry, QueueError, QueueStorage
 from slimta.smtp.reply import Reply
+from slimta.util._groupsync import GroupFsync
 
 if TYPE_CHECKING:
     from slimta.envelope import Envelope
@@ -133,37 +134,6 @@ def _capture(func: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any
         return True, func(*args)
     except Exception as exc:  # noqa: BLE001 - re-raised by DiskStorage._call
         return False, exc
-
-
-class _DirSync:
-    """Group commit: coalesce concurrent fsyncs of one directory."""
-
-    def __init__(self, storage: DiskStorage, path: str) -> None:
-        self.storage = storage
-        self.path = path
-        self._requested = 0  # tickets handed out
-        self._done = 0  # every ticket up to this one is durable
-        self._running = False
-        self._changed = Event()
-
-    def sync(self) -> None:
-        # Called after our rename or unlink returned, so an fsync that
-        # starts after we take a ticket covers it.
-        self._requested += 1
-        ticket = self._requested
-        while self._done < ticket:
-            if self._running:
-                self._changed.wait()
-                continue
-            self._running = True
-            target = self._requested
-            try:
-                self.storage._call(self.storage._fsync_dir, self.path)
-                self._done = max(self._done, target)
-            finally:
-                self._running = False
-                changed, self._changed = self._changed, Event()
-                changed.set()
 
 
 class DiskStorage(QueueStorage):
@@ -216,7 +186,10 @@ class DiskStorage(QueueStorage):
                     f"{name} {getattr(self, name)!r} is not on the filesystem of env_dir "
                     f"{self.env_dir!r}: renames into place would not be atomic"
                 )
-        self._syncers = {path: _DirSync(self, path) for path in {self.env_dir, self.meta_dir}}
+        self._syncers = {
+            path: GroupFsync(functools.partial(self._call, self._fsync_dir, path))
+            for path in {self.env_dir, self.meta_dir}
+        }
         self._cache: dict[str, StoredMeta] = {}
         self._locks: dict[str, tuple[Semaphore, list[int]]] = {}
         self._inflight: set[str] = set()

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import re
@@ -82,6 +83,7 @@ import gevent
 from slimta.envelope import EnvelopeError
 from slimta.relay import PermanentRelayError, Relay, RelayError, TransientRelayError
 from slimta.smtp.reply import Reply
+from slimta.util._groupsync import GroupFsync
 
 if TYPE_CHECKING:
     from slimta.envelope import Envelope
@@ -199,7 +201,7 @@ def _store(folder: str, data: bytes, create: bool) -> str:
         _unlink_quietly(tmp_path)
         raise
     _unlink_quietly(tmp_path)
-    _fsync_dir(os.path.join(folder, "new"))
+    # The caller makes new/ durable with a (group-committed) fsync.
     return name
 
 
@@ -259,6 +261,7 @@ class MaildirRelay(Relay):
         self.base_dir = os.fspath(base_dir)
         self.folder_for: FolderFor = folder_for or self._default_folder_for
         self.create = create
+        self._syncers: dict[str, GroupFsync] = {}
 
     def _default_folder_for(self, recipient: str) -> str:
         return default_folder_for(self.base_dir, recipient)
@@ -276,12 +279,28 @@ class MaildirRelay(Relay):
         pool = gevent.get_hub().threadpool
         try:
             name = pool.apply(_store, (folder, data, self.create))
+            if name:
+                self._new_dir_sync(folder).sync()
         except OSError as exc:
             raise _os_error(exc, folder) from exc
         if not name:
             msg = f"No mailbox here for {recipient!r}"
             raise PermanentRelayError(msg, Reply("550", f"5.1.1 {msg}"))
         return Reply("250", f"2.0.0 Delivered as {name}")
+
+    def _new_dir_sync(self, folder: str) -> GroupFsync:
+        # One group commit per mailbox: concurrent deliveries into the same
+        # new/ share a directory fsync.  Bounded: idle entries are dropped.
+        syncers = self._syncers
+        syncer = syncers.get(folder)
+        if syncer is None:
+            if len(syncers) >= 1024:
+                syncers.clear()
+            new_dir = os.path.join(folder, "new")
+            syncer = syncers[folder] = GroupFsync(
+                functools.partial(gevent.get_hub().threadpool.apply, _fsync_dir, (new_dir,))
+            )
+        return syncer
 
     def attempt(self, envelope: Envelope, attempts: int) -> dict[str, Reply | RelayError]:
         """Write one copy of ``envelope`` per recipient.
