@@ -232,8 +232,6 @@ class Envelope:
     Attributes:
         sender: The envelope sender address.
         recipients: List of envelope recipient addresses.
-        headers: The header section (an :class:`email.message.Message` whose
-            payload is unused), or ``None`` before :meth:`parse`.
         message: The body bytes, or ``None`` before :meth:`parse`.
         client: What is known about the client that sent the message, with
             the keys ``ip``, ``host`` (reverse DNS of the IP), ``name`` (as
@@ -272,7 +270,11 @@ class Envelope:
 
     @property
     def headers(self) -> Message | None:
-        """The header section, an :class:`email.message.Message` (parsed on first use)."""
+        """The header section, or ``None`` before :meth:`parse`.
+
+        An :class:`email.message.Message` whose payload is unused; after
+        :meth:`parse` it is built on first use.
+        """
         raw = self._header_bytes
         if raw is not None:
             self._header_bytes = None
