@@ -277,7 +277,7 @@ def test_requiretls_offered_only_over_tls_and_kept(edge_factory, stdlib_server_c
     with smtplib.SMTP("127.0.0.1", edge.port, timeout=5) as client:
         client.ehlo("client.test")
         assert not client.has_extn("requiretls")
-        code, msg = client.mail("a@src.test", ["REQUIRETLS"])
+        code, _ = client.mail("a@src.test", ["REQUIRETLS"])
         assert code == 555
         client.starttls(context=client_context)
         client.ehlo("client.test")
