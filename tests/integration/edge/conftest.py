@@ -29,6 +29,14 @@ import trustme
 
 from slimta.core import SlimtaError
 from slimta.edge.smtp import SmtpEdge, SmtpValidators
+from tests.integration.tls_fixtures import (  # noqa: F401 - fixtures
+    ca,
+    client_context,
+    gevent_server_context,
+    original_ssl_context_class,
+    server_cert,
+    stdlib_server_context,
+)
 
 HOSTNAME = "mx.edge.test"
 _REPLY_END = re.compile(rb"(?:\A|\r\n)([0-9]{3}) [^\r\n]*\r\n")
@@ -141,50 +149,12 @@ def edge(edge_factory: Callable[..., EdgeHandle]) -> EdgeHandle:
 
 
 @pytest.fixture(scope="session")
-def ca() -> trustme.CA:
-    return trustme.CA()
+def tls_hostname() -> str:
+    return HOSTNAME
 
 
 @pytest.fixture(scope="session")
-def server_cert(ca: trustme.CA) -> trustme.LeafCert:
-    return ca.issue_cert(HOSTNAME, "127.0.0.1", "localhost")
-
-
-def _original_ssl_context_class() -> type:
-    # Under monkey-patching ``ssl.SSLContext`` is gevent's class; the test
-    # must pass the plain stdlib one, as a user's unpatched script would.
-    cls: type = gevent.monkey.get_original("ssl", "SSLContext")
-    return cls
-
-
-@pytest.fixture
-def stdlib_server_context(server_cert: trustme.LeafCert) -> ssl.SSLContext:
-    ctx = _original_ssl_context_class()(ssl.PROTOCOL_TLS_SERVER)
-    # trustme's configure_cert() checks isinstance against the patched class.
-    with server_cert.private_key_and_cert_chain_pem.tempfile() as path:
-        ctx.load_cert_chain(path)
-    assert type(ctx).__module__ == "ssl"
-    return ctx
-
-
-@pytest.fixture
-def gevent_server_context(server_cert: trustme.LeafCert) -> ssl.SSLContext:
-    import gevent.ssl
-
-    ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_cert.configure_cert(ctx)
-    return ctx
-
-
-@pytest.fixture
-def client_context(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
-
-
-@pytest.fixture(scope="session")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:  # noqa: F811
     path = tmp_path_factory.mktemp("ca") / "ca.pem"
     ca.cert_pem.write_to_path(str(path))
     return str(path)

@@ -33,6 +33,14 @@ from slimta.core import SlimtaError
 from slimta.edge.wsgi import WsgiEdge, WsgiValidators
 from slimta.envelope import Envelope
 from slimta.relay.http import HttpRelay
+from tests.integration.tls_fixtures import (  # noqa: F401 - fixtures
+    ca,
+    client_context,
+    gevent_server_context,
+    original_ssl_context_class,
+    server_cert,
+    stdlib_server_context,
+)
 
 HOSTNAME = "mx.http.test"
 
@@ -141,49 +149,12 @@ def relay_factory() -> Iterator[Callable[..., HttpRelay]]:
 
 
 @pytest.fixture(scope="session")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="session")
-def server_cert(ca: trustme.CA) -> trustme.LeafCert:
-    return ca.issue_cert(HOSTNAME, "127.0.0.1", "localhost")
-
-
-def original_ssl_context_class() -> type:
-    # Under monkey-patching ``ssl.SSLContext`` is gevent's class; pass the
-    # plain stdlib one, as a user's unpatched script would.
-    cls: type = gevent.monkey.get_original("ssl", "SSLContext")
-    return cls
+def tls_hostname() -> str:
+    return HOSTNAME
 
 
 @pytest.fixture
-def stdlib_server_context(server_cert: trustme.LeafCert) -> ssl.SSLContext:
-    ctx = original_ssl_context_class()(ssl.PROTOCOL_TLS_SERVER)
-    with server_cert.private_key_and_cert_chain_pem.tempfile() as path:
-        ctx.load_cert_chain(path)
-    assert type(ctx).__module__ == "ssl"
-    return ctx
-
-
-@pytest.fixture
-def gevent_server_context(server_cert: trustme.LeafCert) -> ssl.SSLContext:
-    import gevent.ssl
-
-    ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_cert.configure_cert(ctx)
-    return ctx
-
-
-@pytest.fixture
-def client_context(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
-
-
-@pytest.fixture
-def stdlib_client_context(ca: trustme.CA) -> ssl.SSLContext:
+def stdlib_client_context(ca: trustme.CA) -> ssl.SSLContext:  # noqa: F811
     ctx = original_ssl_context_class()(ssl.PROTOCOL_TLS_CLIENT)
     with ca.cert_pem.tempfile() as path:
         ctx.load_verify_locations(path)
