@@ -9,26 +9,11 @@ import time
 import gevent
 import pytest
 
+from tests.smuggling import CONTROL, MAIL_RCPT_DATA, SMUGGLED, VARIANTS
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(10)]
 
-OPEN = b"EHLO t\r\nMAIL FROM:<a@legit.test>\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n"
-SMUGGLED = (
-    b"MAIL FROM:<ceo@legit.test>\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n"
-    b"Subject: smuggled\r\n\r\nevil\r\n.\r\nQUIT\r\n"
-)
-CONTROL = b"\r\n.\r\n"
-VARIANTS = [
-    b"\n.\n",
-    b"\n.\r\n",
-    b"\r\n.\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\r.\r",
-    b"\r\n.\r\r\n",
-    b"\r\n\x00.\r\n",
-    b"\r\n. \r\n",
-    b"\r\n.\t\r\n",
-]
+OPEN = b"EHLO t\r\n" + MAIL_RCPT_DATA
 
 
 def _smuggle_session(edge, raw_client, variant: bytes, split: int | None) -> list[int]:

@@ -24,6 +24,7 @@ from tests.integration.edge.conftest import (  # noqa: F401 - fixtures
     raw_client,
     server_cert,
     stdlib_server_context,
+    tls_hostname,
 )
 from tests.integration.storage.redis_server import redis_server  # noqa: F401 - fixture
 

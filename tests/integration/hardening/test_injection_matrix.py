@@ -12,24 +12,11 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.edge.conftest import RawClient
+from tests.smuggling import CONTROL, MAIL_RCPT_DATA, SMUGGLED, VARIANTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-PREFIX = b"MAIL FROM:<a@legit.test>\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n"
-SMUGGLED = b"MAIL FROM:<ceo@legit.test>\r\nRCPT TO:<b@dest.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\nQUIT\r\n"
-VARIANTS = [
-    b"\n.\n",
-    b"\n.\r\n",
-    b"\r\n.\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\r.\r",
-    b"\r\n.\r\r\n",
-    b"\r\n\x00.\r\n",
-    b"\r\n. \r\n",
-    b"\r\n.\t\r\n",
-]
-CONTROL = b"\r\n.\r\n"
+PREFIX = MAIL_RCPT_DATA
 ADDRESS_VECTORS = [
     b"MAIL FROM:<a\x00b@legit.test>\r\n",
     b"MAIL FROM:<a@legit.test>\rRCPT TO:<x@y.test>\r\n",

@@ -37,6 +37,7 @@ from tests.integration.edge.conftest import (
     gevent_server_context,
     server_cert,
     stdlib_server_context,
+    tls_hostname,
 )
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "server_cert",
     "smtp_dialogue",
     "stdlib_server_context",
+    "tls_hostname",
 ]
 
 STOP = object()

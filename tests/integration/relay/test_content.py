@@ -15,6 +15,7 @@ from slimta.bounce.dsn import EnvelopeDsn, RecipientDsn, set_dsn
 from slimta.relay import PermanentRelayError, TransientRelayError
 from slimta.relay.smtp.static import StaticLmtpRelay, StaticSmtpRelay
 from tests.conftest import require_tool
+from tests.smuggling import CONTROL, VARIANTS
 
 from .conftest import Conn, ScriptedServer, free_port, make_envelope, smtp_dialogue
 
@@ -107,19 +108,8 @@ def test_dsn_parameters_not_sent_without_dsn(scripted: Any) -> None:
     assert not any(b"NOTIFY" in line or b"RET=" in line for line in server.lines)
 
 
-SMUGGLING = [
-    b"\n.\n",
-    b"\n.\r\n",
-    b"\r\n.\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\r.\r",
-    b"\r\n.\r\r\n",
-    b"\r\n\x00.\r\n",
-    b"\r\n. \r\n",
-    b"\r\n.\t\r\n",
-    b"\r\n.\r\n",
-]
+
+SMUGGLING = [*VARIANTS, CONTROL]
 
 
 @pytest.mark.parametrize("variant", SMUGGLING)

@@ -7,6 +7,7 @@ import pytest
 from slimta.smtp import BadReply
 from slimta.smtp._clientcore import ClientConnection, canonical_line_endings, dot_stuff
 from slimta.smtp.reply import Reply
+from tests.smuggling import CONTROL, VARIANTS
 
 
 def feed_all(chunks: list[bytes], expected: int) -> list[Reply]:
@@ -156,19 +157,6 @@ def test_eof() -> None:
     assert core.eof
 
 
-SMUGGLING = [
-    b"\n.\n",
-    b"\n.\r\n",
-    b"\r\n.\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\r.\r",
-    b"\r\n.\r\r\n",
-    b"\r\n\x00.\r\n",
-    b"\r\n. \r\n",
-    b"\r\n.\t\r\n",
-    b"\r\n.\r\n",
-]
 
 
 def check_stuffed(out: bytes) -> None:
@@ -183,6 +171,9 @@ def check_stuffed(out: bytes) -> None:
             assert line.startswith(b"..")
     # The only end-of-data marker is the last one.
     assert (b"\r\n" + out).count(b"\r\n.\r\n") == 1
+
+
+SMUGGLING = [*VARIANTS, CONTROL]
 
 
 @pytest.mark.parametrize("variant", SMUGGLING)

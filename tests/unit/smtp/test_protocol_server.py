@@ -39,6 +39,7 @@ from slimta.smtp.protocol import (
     UnknownCommand,
 )
 from slimta.smtp.reply import Reply
+from tests.smuggling import MAIL_RCPT_DATA, SMUGGLED, VARIANTS
 
 from .helpers import (
     AUTH_CONTINUE,
@@ -638,23 +639,9 @@ def test_oversized_message_split_at_every_offset() -> None:
 
 
 # R2 of RELIABILITY.md: a smuggled second transaction after a fake end of data.
-SMUGGLE_PREFIX = b"EHLO t\r\nMAIL FROM:<a@legit.test>\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n"
-SMUGGLE_SUFFIX = (
-    b"MAIL FROM:<ceo@legit.test>\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n"
-    b"Subject: smuggled\r\n\r\nevil\r\n.\r\nQUIT\r\n"
-)
-SMUGGLE_VARIANTS = [
-    b"\n.\n",
-    b"\n.\r\n",
-    b"\r\n.\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\r.\r",
-    b"\r\n.\r\r\n",
-    b"\r\n\x00.\r\n",
-    b"\r\n. \r\n",
-    b"\r\n.\t\r\n",
-]
+SMUGGLE_PREFIX = b"EHLO t\r\n" + MAIL_RCPT_DATA
+SMUGGLE_SUFFIX = SMUGGLED
+SMUGGLE_VARIANTS = VARIANTS
 
 
 def smuggle_script(variant: bytes) -> bytes:
