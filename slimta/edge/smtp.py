@@ -232,33 +232,40 @@ class SmtpSession:
         self.envelope = None
 
     def MAIL(self, reply: Any, address: str, params: dict[str, Any]) -> None:
-        try:
-            dsn = parse_mail_params(_dsn_params(params, ("RET", "ENVID")))
-        except DsnError as exc:
-            reply.code = "501"
-            reply.message = f"5.5.4 {exc}"
-            return
-        requiretls = accept_requiretls(_dsn_params(params, ("REQUIRETLS",)), encrypted=self.security == "TLS")
-        if isinstance(requiretls, tuple):
-            reply.code, reply.message = requiretls
-            return
+        dsn = None
+        requiretls = None
+        if params:  # most clients send none: skip the parameter work
+            try:
+                dsn = parse_mail_params(_selected_params(params, ("RET", "ENVID")))
+            except DsnError as exc:
+                reply.code = "501"
+                reply.message = f"5.5.4 {exc}"
+                return
+            requiretls = accept_requiretls(
+                _selected_params(params, ("REQUIRETLS",)), encrypted=self.security == "TLS"
+            )
+            if isinstance(requiretls, tuple):
+                reply.code, reply.message = requiretls
+                return
         if self._over_rate(reply, "message"):
             return
         self._call_validator("mail", reply, address, params)
         if reply.code == "250":
             self.envelope = Envelope(sender=address)
-            if dsn.ret is not None or dsn.envid is not None:
+            if dsn is not None and (dsn.ret is not None or dsn.envid is not None):
                 set_dsn(self.envelope, dsn)
             if requiretls is True:
                 set_requiretls(self.envelope)
 
     def RCPT(self, reply: Any, address: str, params: dict[str, Any]) -> None:
-        try:
-            rcpt_dsn = parse_rcpt_params(_dsn_params(params, ("NOTIFY", "ORCPT")))
-        except DsnError as exc:
-            reply.code = "501"
-            reply.message = f"5.5.4 {exc}"
-            return
+        rcpt_dsn = None
+        if params:
+            try:
+                rcpt_dsn = parse_rcpt_params(_selected_params(params, ("NOTIFY", "ORCPT")))
+            except DsnError as exc:
+                reply.code = "501"
+                reply.message = f"5.5.4 {exc}"
+                return
         if self._over_rate(reply, "recipient"):
             return
         self._call_validator("rcpt", reply, address, params)
@@ -336,8 +343,8 @@ class SmtpSession:
             reply.message = "2.6.0 Message accepted for delivery"
 
 
-def _dsn_params(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str | None]:
-    """The RFC 3461 parameters among ``params`` (the core gives True for a bare keyword)."""
+def _selected_params(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str | None]:
+    """The ``keys`` among ``params``, a bare keyword as None (the core gives True)."""
     return {key: (None if value is True else value) for key, value in params.items() if key in keys}
 
 
