@@ -338,9 +338,8 @@ class SmtpSession:
                     reply.message = "4.3.0 Error queuing message"
                 return
         ids = ", ".join(str(outcome) for _, outcome in results)
-        reply.message = f"2.6.0 Message accepted for delivery (queued as {ids})" if ids else None
-        if not ids:
-            reply.message = "2.6.0 Message accepted for delivery"
+        queued = f" (queued as {ids})" if ids else ""
+        reply.message = f"2.6.0 Message accepted for delivery{queued}"
 
 
 def _selected_params(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str | None]:

@@ -37,6 +37,7 @@ greenlet and no stack.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import socket as _socket
 import time
@@ -742,6 +743,4 @@ def _in_threadpool(func: Callable[..., bool], *args: Any) -> bool:
 
 
 def _with_size(limits: SmtpLimits, size: int) -> SmtpLimits:
-    from dataclasses import replace
-
-    return replace(limits, max_message_size=size)
+    return dataclasses.replace(limits, max_message_size=size)
