@@ -1,8 +1,11 @@
 """DKIM (RFC 6376): sign outgoing mail, verify incoming mail.
 
-Both use dkimpy (``pip install slimta[dkim]``; ed25519 needs PyNaCl, which
-the extra installs).  Key lookups go through
-:func:`slimta.util.dns.dkim_txt`, i.e. our non-blocking resolver.
+Install the extra: ``pip install slimta[dkim]``.  Signing is our own
+(:mod:`slimta.policy._dkimsign`: canonicalisation on bytes, hashes from
+:mod:`hashlib`, RSA and Ed25519 from ``cryptography``), cheap enough to run
+on every message; verification uses dkimpy, an independent implementation
+(ed25519 verification needs PyNaCl, which the extra installs).  Key lookups
+go through :func:`slimta.util.dns.dkim_txt`, i.e. our non-blocking resolver.
 
 Signing
 -------
@@ -22,10 +25,11 @@ survives delivery::
 The signing domain is the domain of the ``From`` header (or a parent of it
 with a key; then the envelope sender's), so that the signature aligns for
 DMARC.  Each key adds one ``DKIM-Signature`` (RSA and ed25519 side by side,
-RFC 8463 section 3).  Canonicalisation is relaxed/relaxed; the signed
-header fields are those of :attr:`DkimSigner.headers` present in the
-message, and ``From``, ``To`` and ``Subject`` are over-signed (listed once
-more than they occur) so that none can be added later.  A message with an
+RFC 8463 section 3).  Canonicalisation is relaxed/relaxed unless
+``canonicalize`` says otherwise; the signed header fields are those of
+:attr:`DkimSigner.headers` present in the message, and ``From``, ``To`` and
+``Subject`` are over-signed (listed once more than they occur) so that none
+can be added later.  Each private key is parsed once, on first use.  A message with an
 8-bit body is signed as is, unless ``encode_7bit`` is set: then it is
 re-encoded first, so that a next hop without 8BITMIME does not force the
 SMTP client to re-encode (and break) a signed message.
@@ -62,12 +66,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import getaddresses
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final
 
 import dkim
 
 from slimta.envelope import EnvelopeError
 from slimta.policy import PolicyError, QueuePolicy, RelayPolicy
+from slimta.policy._dkimsign import CANONICALIZATIONS, PrivateKey, load_private_key, sent_body, sign
 from slimta.relay import TransientRelayError
 from slimta.smtp.reply import Reply
 from slimta.util.dns import DNSError, dkim_txt
@@ -95,7 +101,6 @@ OVERSIGNED: Final = ("from", "to", "subject")
 MAX_SIGNATURE_BYTES: Final = 8192
 
 _ALGORITHMS: Final = ("rsa-sha256", "ed25519-sha256")
-_PREFIX: Final = b"DKIM-Signature: "
 _TAG = re.compile(r"\s*([a-z0-9_]+)\s*=\s*([^;]*)", re.IGNORECASE)
 
 
@@ -134,6 +139,20 @@ class DkimKey:
         key = self.private_key
         return key.encode("ascii") if isinstance(key, str) else key
 
+    @cached_property
+    def signing_key(self) -> PrivateKey:
+        """The parsed private key (a ``cryptography`` key object).
+
+        Parsed on first use and kept; a key that cannot be parsed raises
+        again on each use.
+
+        Raises:
+            ValueError: The key is unusable for :attr:`algorithm`.
+
+        .. versionadded:: 0.1.0
+        """
+        return load_private_key(self.algorithm, self.key_bytes)
+
 
 def _tags(value: str) -> dict[str, str]:
     return {m.group(1).lower(): re.sub(r"\s+", "", m.group(2)) for m in _TAG.finditer(value)}
@@ -146,11 +165,16 @@ def _domain_of(address: str | None) -> str | None:
     return domain.strip().strip(">").lower().rstrip(".") or None if at else None
 
 
-def _message_bytes(envelope: Envelope) -> bytes:
-    """The bytes the relay sends, without a leading mbox ``From`` line."""
+def _message_parts(envelope: Envelope) -> tuple[bytes, bytes]:
+    """The header and body the relay sends, without a leading mbox ``From`` line."""
     header, body = envelope.flatten()
     if envelope.headers is not None and envelope.headers.get_unixfrom():
         header = header.split(b"\r\n", 1)[1]
+    return header, body
+
+
+def _message_bytes(envelope: Envelope) -> bytes:
+    header, body = _message_parts(envelope)
     return header + body
 
 
@@ -164,9 +188,15 @@ class DkimSigner(RelayPolicy):
         on_error: ``"unsigned"`` (log and deliver unsigned) or ``"defer"``
             (fail the attempt transiently).
         encode_7bit: Re-encode 8-bit bodies to 7-bit before signing.
+        canonicalize: ``(header, body)`` canonicalisation, each
+            ``"relaxed"`` or ``"simple"`` (``c=``).
 
     Raises:
         DkimError: A setting is invalid.
+
+    .. versionchanged:: 0.1.0
+       Signs with its own RFC 6376 implementation over ``cryptography``
+       (dkimpy only verifies); added ``canonicalize``.
     """
 
     def __init__(
@@ -176,9 +206,16 @@ class DkimSigner(RelayPolicy):
         oversign: Iterable[str] = OVERSIGNED,
         on_error: str = "unsigned",
         encode_7bit: bool = False,
+        canonicalize: tuple[str, str] = ("relaxed", "relaxed"),
     ) -> None:
         if on_error not in ("unsigned", "defer"):
             raise DkimError(f"on_error must be 'unsigned' or 'defer', not {on_error!r}")
+        canon = tuple(canonicalize)
+        if len(canon) != 2 or any(c not in CANONICALIZATIONS for c in canon):
+            raise DkimError(
+                f"canonicalize must be two of {', '.join(CANONICALIZATIONS)}, not {canonicalize!r}"
+            )
+        self.canonicalize: tuple[str, str] = (canon[0], canon[1])
         self.keys: dict[str, list[DkimKey]] = {
             domain.lower().rstrip("."): [value] if isinstance(value, DkimKey) else list(value)
             for domain, value in keys.items()
@@ -220,7 +257,7 @@ class DkimSigner(RelayPolicy):
             if self.encode_7bit and envelope.has_8bit_body():
                 envelope.encode_7bit()
             signatures = self._sign(envelope, domain, keys)
-        except (dkim.DKIMException, EnvelopeError, ValueError, TypeError) as exc:
+        except (EnvelopeError, ValueError, TypeError, UnicodeError) as exc:
             _log.error("DKIM signing for %s failed: %s", domain, exc)
             if self.on_error == "defer":
                 text = f"4.7.0 DKIM signing for {domain} failed"
@@ -231,20 +268,22 @@ class DkimSigner(RelayPolicy):
             envelope.prepend_header("DKIM-Signature", value)
 
     def _sign(self, envelope: Envelope, domain: str, keys: list[DkimKey]) -> list[str]:
-        message = _message_bytes(envelope)
+        header, body = _message_parts(envelope)
+        body = sent_body(body)
         include = self._header_list(envelope)
-        values = []
-        for key in keys:
-            signer = dkim.DKIM(message, signature_algorithm=key.algorithm.encode(), linesep=b"\r\n")
-            raw = signer.sign(
-                key.selector.encode("ascii"),
-                domain.encode("ascii"),
-                key.key_bytes,
-                canonicalize=(b"relaxed", b"relaxed"),
-                include_headers=[h.encode("ascii") for h in include],
+        return [
+            sign(
+                header,
+                body,
+                key=key.signing_key,
+                algorithm=key.algorithm,
+                domain=domain,
+                selector=key.selector,
+                names=include,
+                canonicalize=self.canonicalize,
             )
-            values.append(raw.removeprefix(_PREFIX).rstrip(b"\r\n").decode("ascii"))
-        return values
+            for key in keys
+        ]
 
     def _header_list(self, envelope: Envelope) -> list[str]:
         present = [name.lower() for name in envelope.headers] if envelope.headers is not None else []
