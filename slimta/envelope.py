@@ -38,6 +38,7 @@ import base64
 import binascii
 import copy
 import email.encoders
+import functools
 import re
 from collections.abc import Callable, Iterable
 from email.generator import BytesGenerator
@@ -140,6 +141,16 @@ def _crlf(body: bytes) -> bytes:
         return body.replace(b"\n", b"\r\n")
     # Folding CRLF to LF first means existing CRLFs are not doubled.
     return body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+@functools.lru_cache(maxsize=64)
+def _field_pattern(lower_name: str) -> re.Pattern[bytes]:
+    """Matches the start of every ``lower_name:`` field of a header section.
+
+    Cached: :meth:`Envelope.count_headers` runs for every received message
+    (the mail-loop check), and building the pattern cost more than using it.
+    """
+    return re.compile(rb"(?:\A|\n)" + re.escape(lower_name.encode("ascii")) + rb":", re.IGNORECASE)
 
 
 def _parse_fields(raw: bytes) -> Message:
@@ -298,8 +309,7 @@ class Envelope:
         if raw is not None:
             if not name.isascii():
                 return 0  # field names are ASCII (RFC 5322 2.2)
-            pattern = re.compile(rb"(?:\A|\n)" + re.escape(name.encode("ascii")) + rb":", re.IGNORECASE)
-            return len(pattern.findall(raw))
+            return len(_field_pattern(name.lower()).findall(raw))
         headers = self._headers
         return len(headers.get_all(name) or ()) if headers is not None else 0
 

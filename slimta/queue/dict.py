@@ -9,12 +9,12 @@ with ``db[id] = value`` so such objects see it.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from slimta import logging as slimta_logging
 from slimta.queue import QueueEntry, QueueStorage
+from slimta.util._ids import random_id
 
 if TYPE_CHECKING:
     from slimta.envelope import Envelope
@@ -50,7 +50,7 @@ class DictStorage(QueueStorage):
     def write(self, envelope: Envelope, timestamp: float) -> str:
         """Store ``envelope`` under a new id (see :class:`QueueStorage`)."""
         while True:
-            id_ = uuid.uuid4().hex
+            id_ = random_id()
             if id_ not in self.env_db:
                 break
         self.env_db[id_] = envelope
