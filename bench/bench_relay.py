@@ -65,6 +65,9 @@ def serve(which: str, port: int, sink_port: int) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
+    if which == "probe":
+        serve_probe(port, sink_port)
+        return
     if which == "ours":
         sys.path.insert(0, str(ROOT))
     else:
@@ -88,6 +91,37 @@ def serve(which: str, port: int, sink_port: int) -> None:
     sys.stdout.flush()
     stop.wait()
     edge.kill()
+    relay.kill()
+
+
+def serve_probe(port: int, sink_port: int) -> None:
+    """The lean probe of bench_floor.py in front of the real queue and relay.
+
+    Its edge does only the least work of a server (see
+    ``_servers/lean_probe_server.py``), so its CPU per message bounds from
+    below what any server built on this queue and relay can reach.
+    """
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(BENCH / "_servers"))
+    import gevent.event
+    from gevent.server import StreamServer
+    from lean_probe_server import make_handler
+
+    from slimta.queue import Queue
+    from slimta.queue.dict import DictStorage
+    from slimta.relay.smtp.static import StaticSmtpRelay
+
+    relay = StaticSmtpRelay("127.0.0.1", sink_port, pool_size=10, idle_timeout=10.0, ehlo_as="bench.test")
+    queue = Queue(DictStorage(), relay)
+    queue.start()
+    server = StreamServer(("127.0.0.1", port), make_handler(queue), backlog=4096)
+    server.start()
+    stop = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    sys.stdout.write(f"READY pid={os.getpid()}\n")
+    sys.stdout.flush()
+    stop.wait()
+    server.stop()
     relay.kill()
 
 
@@ -155,7 +189,7 @@ class Server:
     def __init__(self, which: str, sink_port: int) -> None:
         self.which = which
         self.port = free_port()
-        python = sys.executable if which == "ours" else str(PEER_PYTHON)
+        python = str(PEER_PYTHON) if which == "peer" else sys.executable
         cmd = pinned(
             0, [python, str(Path(__file__).resolve()), "--serve", which, str(self.port), str(sink_port)]
         )
@@ -232,6 +266,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument(
+        "--with-probe",
+        action="store_true",
+        help="also run the lean probe edge (bench_floor.py) in front of the same queue and relay",
+    )
     args = parser.parse_args()
     if args.serve:
         serve(args.serve[0], int(args.serve[1]), int(args.serve[2]))
@@ -242,10 +281,11 @@ def main() -> None:
     if not PEER_PYTHON.exists():
         sys.exit("python-slimta 5.0.5 missing: run bench/peers_setup.sh")
     rounds, count = (1, 3_000) if args.quick else (args.rounds, args.count)
-    contenders = ["ours", "peer"]
+    contenders = ["ours", "peer", "probe"] if args.with_probe else ["ours", "peer"]
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     for rnd in range(rounds):
-        order = contenders[rnd % 2 :] + contenders[: rnd % 2]
+        k = rnd % len(contenders)
+        order = contenders[k:] + contenders[:k]
         for which in order:
             res = run_one(which, count)
             results[which].append(res)
@@ -254,7 +294,11 @@ def main() -> None:
 
 
 def report(results: dict[str, list[dict[str, Any]]], count: int) -> None:
-    names = {"ours": "slimta (this repo)", "peer": "python-slimta 5.0.5"}
+    names = {
+        "ours": "slimta (this repo)",
+        "peer": "python-slimta 5.0.5",
+        "probe": "lean probe edge + our queue and relay (a bound, not a server)",
+    }
     med: dict[str, tuple[float, float]] = {}
     print(
         f"\n{count} messages of {SIZE} B over {SESSIONS} sessions, medians of {len(results['ours'])} rounds"
@@ -273,10 +317,15 @@ def report(results: dict[str, list[dict[str, Any]]], count: int) -> None:
         print(
             f"| {names[key]} | {rate:,.0f} | {cpu:,.0f} | {'yes' if exact else 'NO'} ({len(good)}/{len(runs)} runs) |"
         )
-    if len(med) == 2:
+    if "ours" in med and "peer" in med:
         print(
             f"\nratio slimta/python-slimta: msg/s {med['ours'][0] / med['peer'][0]:.2f}x, "
             f"CPU per message {med['ours'][1] / med['peer'][1]:.2f}x"
+        )
+    if "probe" in med and "peer" in med:
+        print(
+            f"ratio probe/python-slimta: msg/s {med['probe'][0] / med['peer'][0]:.2f}x, "
+            f"CPU per message {med['probe'][1] / med['peer'][1]:.2f}x"
         )
 
 

@@ -34,6 +34,13 @@ BYE = b"221 2.0.0 Bye\r\n"
 END_OF_DATA = b"\r\n.\r\n"
 
 
+def send(sock, data: bytes) -> None:
+    """One non-blocking send; ``sendall`` (a ``getsockopt`` call each) only for a rest."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
 def handle(sock, _address) -> None:
     sock.sendall(BANNER)
     buf = b""
@@ -74,7 +81,7 @@ def handle(sock, _address) -> None:
             else:
                 out.append(OK)
         if out:
-            sock.sendall(b"".join(out))
+            send(sock, b"".join(out))
 
 
 def main() -> None:

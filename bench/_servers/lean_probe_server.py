@@ -69,6 +69,13 @@ class Handlers:
         pass
 
 
+def send(sock: Any, data: bytes) -> None:
+    """One non-blocking send; ``sendall`` (a ``getsockopt`` call each) only for a rest."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
 def make_handler(queue: Any):
     def handle(sock: Any, _address: Any) -> None:
         handlers = Handlers()
@@ -136,7 +143,7 @@ def make_handler(queue: Any):
                     else:
                         out.append(b"250 2.0.0 Ok\r\n")
                 if out:
-                    sock.sendall(b"".join(out))
+                    send(sock, b"".join(out))
         finally:
             timer.close()
 
