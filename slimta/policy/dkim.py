@@ -73,7 +73,17 @@ import dkim
 
 from slimta.envelope import EnvelopeError
 from slimta.policy import PolicyError, QueuePolicy, RelayPolicy
-from slimta.policy._dkimsign import CANONICALIZATIONS, PrivateKey, load_private_key, sent_body, sign
+from slimta.policy._dkimsign import (
+    CANONICALIZATIONS,
+    PrivateKey,
+    field_name,
+    field_value,
+    hash_body,
+    load_private_key,
+    sent_body,
+    sign,
+    split_fields,
+)
 from slimta.relay import TransientRelayError
 from slimta.smtp.reply import Reply
 from slimta.util.dns import DNSError, dkim_txt
@@ -168,9 +178,27 @@ def _domain_of(address: str | None) -> str | None:
 def _message_parts(envelope: Envelope) -> tuple[bytes, bytes]:
     """The header and body the relay sends, without a leading mbox ``From`` line."""
     header, body = envelope.flatten()
-    if envelope.headers is not None and envelope.headers.get_unixfrom():
+    if header.startswith(b"From "):
+        # A field name has no space, so this is the mbox line.
         header = header.split(b"\r\n", 1)[1]
     return header, body
+
+
+# "Name <local@domain>" or "local@domain" with nothing unusual in them: the
+# common From value, read without the stdlib's address parser.
+_SIMPLE_FROM = re.compile(
+    r"\s*(?:[\w .'-]*<\s*([^\s<>()\[\]\",;:\\@]+@[A-Za-z0-9.-]+)\s*>|([^\s<>()\[\]\",;:\\@]+@[A-Za-z0-9.-]+))\s*"
+)
+
+
+def _author_domain(values: Sequence[str]) -> str | None:
+    """The domain of the first address in the ``From`` field values."""
+    if len(values) == 1:
+        match = _SIMPLE_FROM.fullmatch(values[0])
+        if match:
+            return _domain_of(match.group(1) or match.group(2))
+    authors = getaddresses(values)
+    return _domain_of(authors[0][1]) if authors else None
 
 
 def _message_bytes(envelope: Envelope) -> bytes:
@@ -229,12 +257,11 @@ class DkimSigner(RelayPolicy):
 
     def signing_domain(self, envelope: Envelope) -> str | None:
         """The domain whose keys sign ``envelope`` (None: no key applies)."""
-        candidates: list[str | None] = []
-        if envelope.headers is not None:
-            authors = getaddresses(envelope.headers.get_all("From") or [])
-            candidates.extend(_domain_of(addr) for _, addr in authors[:1])
-        candidates.append(_domain_of(envelope.sender))
-        for domain in candidates:
+        values = envelope.headers.get_all("From") or [] if envelope.headers is not None else []
+        return self._key_domain(_author_domain(values), envelope.sender)
+
+    def _key_domain(self, author: str | None, sender: str | None) -> str | None:
+        for domain in (author, _domain_of(sender)):
             labels = (domain or "").split(".")
             for i in range(len(labels) - 1):
                 name = ".".join(labels[i:])
@@ -249,46 +276,67 @@ class DkimSigner(RelayPolicy):
             slimta.relay.TransientRelayError: Signing failed and
                 ``on_error`` is ``"defer"``.
         """
-        domain = self.signing_domain(envelope)
+        # The signer works on the bytes flatten() gives, which costs nothing
+        # while the header section is unparsed; only prepending the
+        # signatures parses it.
+        try:
+            header, body = _message_parts(envelope)
+        except EnvelopeError as exc:
+            domain = self.signing_domain(envelope)
+            if domain is not None:
+                self._failed(domain, exc)
+            return
+        fields = split_fields(header)
+        lowered = [field_name(f) for f in fields]
+        authors = [field_value(f) for f, name in zip(fields, lowered, strict=True) if name == b"from"]
+        domain = self._key_domain(_author_domain(authors), envelope.sender)
         if domain is None:
             return
         keys = self.keys[domain]
         try:
             if self.encode_7bit and envelope.has_8bit_body():
                 envelope.encode_7bit()
-            signatures = self._sign(envelope, domain, keys)
+                header, body = _message_parts(envelope)
+                fields = split_fields(header)
+                lowered = [field_name(f) for f in fields]
+            signatures = self._sign(fields, lowered, sent_body(body), domain, keys)
         except (EnvelopeError, ValueError, TypeError, UnicodeError) as exc:
-            _log.error("DKIM signing for %s failed: %s", domain, exc)
-            if self.on_error == "defer":
-                text = f"4.7.0 DKIM signing for {domain} failed"
-                raise TransientRelayError(text, Reply("451", text, command="[DKIM]")) from None
+            self._failed(domain, exc)
             return
-        self._drop_own(envelope, domain, keys)
+        if b"dkim-signature" in lowered:
+            self._drop_own(envelope, domain, keys)
         for value in reversed(signatures):
             envelope.prepend_header("DKIM-Signature", value)
 
-    def _sign(self, envelope: Envelope, domain: str, keys: list[DkimKey]) -> list[str]:
-        header, body = _message_parts(envelope)
-        body = sent_body(body)
-        include = self._header_list(envelope)
+    def _failed(self, domain: str, exc: Exception) -> None:
+        _log.error("DKIM signing for %s failed: %s", domain, exc)
+        if self.on_error == "defer":
+            text = f"4.7.0 DKIM signing for {domain} failed"
+            raise TransientRelayError(text, Reply("451", text, command="[DKIM]")) from None
+
+    def _sign(
+        self, fields: list[bytes], lowered: list[bytes], body: bytes, domain: str, keys: list[DkimKey]
+    ) -> list[str]:
+        # The h= list: each signable field present, then the over-signed names.
+        present = [name.decode("ascii") for name in lowered]
+        names = [name for name in present if name in self.headers]
+        names += [name for name in self.oversign if name in self.headers]
+        body_hash = hash_body(body, self.canonicalize[1])
         return [
             sign(
-                header,
+                fields,
                 body,
                 key=key.signing_key,
                 algorithm=key.algorithm,
                 domain=domain,
                 selector=key.selector,
-                names=include,
+                names=names,
                 canonicalize=self.canonicalize,
+                lowered=lowered,
+                body_hash=body_hash,
             )
             for key in keys
         ]
-
-    def _header_list(self, envelope: Envelope) -> list[str]:
-        present = [name.lower() for name in envelope.headers] if envelope.headers is not None else []
-        listed = [name for name in present if name in self.headers]
-        return listed + [name for name in self.oversign if name in self.headers]
 
     @staticmethod
     def _drop_own(envelope: Envelope, domain: str, keys: list[DkimKey]) -> None:
