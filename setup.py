@@ -54,8 +54,9 @@ setup(
     extras_require={
         "redis": ["redis>=5"],
         "metrics": ["prometheus_client>=0.20"],
-        # DKIM signing and verification (ed25519 needs PyNaCl).
-        "dkim": ["dkimpy>=1.1", "pynacl>=1.5"],
+        # DKIM: signing uses cryptography; verification uses dkimpy (ed25519
+        # verification needs PyNaCl).
+        "dkim": ["dkimpy>=1.1", "pynacl>=1.5", "cryptography>=42"],
         # DANE-TA chain checks and SPKI selectors.
         "dane": ["cryptography>=42"],
         "test": TEST_REQUIRES,

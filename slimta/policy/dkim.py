@@ -1,11 +1,12 @@
 """DKIM (RFC 6376): sign outgoing mail, verify incoming mail.
 
 Install the extra: ``pip install slimta[dkim]``.  Signing is our own
-(:mod:`slimta.policy._dkimsign`: canonicalisation on bytes, hashes from
-:mod:`hashlib`, RSA and Ed25519 from ``cryptography``), cheap enough to run
-on every message; verification uses dkimpy, an independent implementation
-(ed25519 verification needs PyNaCl, which the extra installs).  Key lookups
-go through :func:`slimta.util.dns.dkim_txt`, i.e. our non-blocking resolver.
+(the private module ``slimta.policy._dkimsign``: canonicalisation on bytes,
+hashes from :mod:`hashlib`, RSA and Ed25519 from ``cryptography``), cheap
+enough to run on every message; verification uses dkimpy, an independent
+implementation (ed25519 verification needs PyNaCl, which the extra
+installs).  Key lookups go through :func:`slimta.util.dns.dkim_txt`, i.e.
+our non-blocking resolver.
 
 Signing
 -------
@@ -13,7 +14,8 @@ Signing
 :class:`DkimSigner` is a :class:`~slimta.policy.RelayPolicy`: add it to the
 relay *last*, after every policy that changes headers, and it signs the
 bytes the relay is about to send (:meth:`~slimta.envelope.Envelope.flatten`
-gives them: CRLF line endings, headers byte for byte), so the signature
+gives them: CRLF line endings, headers byte for byte; a body without a
+final CRLF is signed with the one the SMTP client adds), so the signature
 survives delivery::
 
     signer = DkimSigner({
