@@ -31,10 +31,10 @@ RFC 8463 section 3).  Canonicalisation is relaxed/relaxed unless
 ``canonicalize`` says otherwise; the signed header fields are those of
 :attr:`DkimSigner.headers` present in the message, and ``From``, ``To`` and
 ``Subject`` are over-signed (listed once more than they occur) so that none
-can be added later.  Each private key is parsed once, on first use.  A message with an
-8-bit body is signed as is, unless ``encode_7bit`` is set: then it is
-re-encoded first, so that a next hop without 8BITMIME does not force the
-SMTP client to re-encode (and break) a signed message.
+can be added later.  Each private key is parsed once, on first use.  A
+message with an 8-bit body is signed as is, unless ``encode_7bit`` is set:
+then it is re-encoded first, so that a next hop without 8BITMIME does not
+force the SMTP client to re-encode (and break) a signed message.
 
 A signing error (bad key, unusable message) leaves the message unsigned and
 logs the error (``on_error="unsigned"``, the default), or fails the
@@ -259,7 +259,7 @@ class DkimSigner(RelayPolicy):
 
     def signing_domain(self, envelope: Envelope) -> str | None:
         """The domain whose keys sign ``envelope`` (None: no key applies)."""
-        values = envelope.headers.get_all("From") or [] if envelope.headers is not None else []
+        values = (envelope.headers.get_all("From") or []) if envelope.headers is not None else []
         return self._key_domain(_author_domain(values), envelope.sender)
 
     def _key_domain(self, author: str | None, sender: str | None) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable
+from email.utils import getaddresses
 
 import dkim
 import pytest
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from slimta.envelope import Envelope
 from slimta.policy import _dkimsign
-from slimta.policy.dkim import DkimError, DkimKey, DkimSigner
+from slimta.policy.dkim import DkimError, DkimKey, DkimSigner, _author_domain, _domain_of
 from slimta.smtp._clientcore import dot_stuff
 
 pytestmark = pytest.mark.timeout(60)
@@ -330,3 +331,24 @@ def test_sent_body_is_what_dot_stuff_sends() -> None:
     for body in (b"", b"a", b"a\r\n", b"a\rb\r\n", b"x  \t", b"\r\n\r\n"):
         expected = dot_stuff(body)[: -len(b".\r\n")] if body else b""
         assert _dkimsign.sent_body(body) == expected, body
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "alice@example.test",
+        "Alice <alice@example.test>",
+        "  Dr. O'Neil-Smith  <alice@Sub.Example.TEST.>  ",
+        "<alice@example.test>",
+        '"Smith, Alice" <alice@example.test>',
+        "alice@example.test (Alice)",
+        "Jörg <jorg@example.test>",
+        "a@one.test, b@two.test",
+        "undisclosed:;",
+        "",
+    ],
+)
+def test_author_domain_matches_the_stdlib_parser(value: str) -> None:
+    authors = getaddresses([value])
+    expected = _domain_of(authors[0][1]) if authors else None
+    assert _author_domain([value]) == expected
