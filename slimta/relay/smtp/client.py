@@ -51,10 +51,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from gevent import Timeout
+import gevent
 from gevent import socket as gsocket
 
 from slimta.bounce.dsn import mail_params, rcpt_params
@@ -202,6 +202,9 @@ class SmtpRelayClient(RelayPoolClient):
         self._tls_downgraded = False
         #: True while the session's TLS authenticated the server (verify/dane).
         self.tls_verified = False
+        # Step deadlines: a gevent.Timeout per step was a measurable share
+        # of the relay's CPU per message; these libev timers are re-armed.
+        self._timers: dict[float, tuple[Any, _StepTimedOut]] = {}
 
     # -- errors and deadlines ---------------------------------------------------
 
@@ -213,32 +216,45 @@ class SmtpRelayClient(RelayPoolClient):
     ) -> SmtpTransientRelayError:
         return kind(self._reply("451", message, command))
 
-    @contextlib.contextmanager
-    def _step(self, step: str | Callable[[], str], seconds: float | None) -> Iterator[None]:
+    def _step(self, step: str | Callable[[], str], seconds: float | None) -> _Step:
         """Bound one exchange by ``seconds`` and turn failures into relay errors."""
-        timer = Timeout(seconds) if seconds is not None else None
-        if timer is not None:
-            timer.start()
-        try:
-            yield
-        except Timeout as exc:
-            if exc is not timer:
-                raise
+        return _Step(self, step, seconds)
+
+    def _step_failure(self, step: str | Callable[[], str], exc: BaseException) -> BaseException | None:
+        """The relay error a failure inside a step becomes (None: let it through)."""
+        if isinstance(exc, _StepTimedOut):
             name = step() if callable(step) else step
-            raise self._transient(f"4.4.2 Timed out waiting for the reply to {name}", name) from None
-        except TlsHandshakeFailed:
-            raise
-        except BadReply as exc:
+            return self._transient(f"4.4.2 Timed out waiting for the reply to {name}", name)
+        if isinstance(exc, TlsHandshakeFailed):
+            return None
+        if isinstance(exc, BadReply):
             name = step() if callable(step) else step
-            raise self._transient(f"4.5.0 Invalid reply to {name}: {exc.data!r}", name) from None
-        except (SmtpError, OSError) as exc:
+            return self._transient(f"4.5.0 Invalid reply to {name}: {exc.data!r}", name)
+        if isinstance(exc, (SmtpError, OSError)):
             name = step() if callable(step) else step
-            raise self._transient(
-                f"4.4.2 Connection lost during {name}: {exc}", name, _ConnectionDropped
-            ) from None
-        finally:
-            if timer is not None:
-                timer.cancel()
+            return self._transient(f"4.4.2 Connection lost during {name}: {exc}", name, _ConnectionDropped)
+        return None
+
+    def _arm(self, seconds: float) -> tuple[Any, _StepTimedOut, bool]:
+        """Start a timer for ``seconds``: ``(timer, its exception, temporary)``.
+
+        Each client keeps one libev timer per step length and re-arms it; a
+        step nested in another of the same length gets a temporary one.
+        """
+        entry = self._timers.get(seconds)
+        if entry is None:
+            entry = self._timers[seconds] = (
+                gevent.get_hub().loop.timer(seconds, seconds),
+                _StepTimedOut(seconds),
+            )
+        timer: Any = entry[0]
+        expired = entry[1]
+        temporary = bool(timer.active)
+        if temporary:
+            timer, expired = gevent.get_hub().loop.timer(seconds, seconds), _StepTimedOut(seconds)
+        # The timer throws into the greenlet that armed it, like a Timeout.
+        timer.again(gevent.getcurrent().throw, expired, update=True)
+        return timer, expired, temporary
 
     @property
     def _requirement(self) -> TlsRequirement | None:
@@ -286,6 +302,9 @@ class SmtpRelayClient(RelayPoolClient):
                 result, envelope = self.poll()
         finally:
             self._disconnect()
+            timers, self._timers = self._timers, {}
+            for timer, _ in timers.values():
+                timer.close()
 
     def _serve(self, result: AsyncResult[Any], envelope: Envelope) -> None:
         try:
@@ -557,19 +576,25 @@ class SmtpRelayClient(RelayPoolClient):
         header, body = envelope.flatten()
         pipelined = "PIPELINING" in client.extensions
         dsn = "DSN" in client.extensions
-        rcpts: list[Reply] = []
-        # Without PIPELINING each call below waits for its reply; with it,
-        # they only queue commands, sent with DATA or BDAT in one write.
+        size = len(header) + len(body)
+        if pipelined:
+            # With PIPELINING these calls only queue the commands, sent with
+            # DATA or BDAT in one write: nothing to time or to fail yet.
+            mail = client.mailfrom(envelope.sender or "", size, params=params)
+            rcpts = [
+                client.rcptto(rcpt, self._rcpt_params(envelope, rcpt, dsn)) for rcpt in envelope.recipients
+            ]
+            return self._send_message(client, envelope, mail, rcpts, header, body)
         # Until MAIL is answered, a failure is charged to MAIL.
         with self._stale_guard(None), self._step("MAIL", self.command_timeout):
-            mail = client.mailfrom(envelope.sender or "", len(header) + len(body), params=params)
-        if not pipelined and mail.is_error():
+            mail = client.mailfrom(envelope.sender or "", size, params=params)
+        if mail.is_error():
             raise SmtpRelayError.factory(mail)
         with self._step("RCPT", self.command_timeout):
-            rcpts.extend(
+            rcpts = [
                 client.rcptto(rcpt, self._rcpt_params(envelope, rcpt, dsn)) for rcpt in envelope.recipients
-            )
-        if not pipelined and all(reply.is_error() for reply in rcpts):
+            ]
+        if all(reply.is_error() for reply in rcpts):
             return self._merge(envelope.recipients, rcpts, Reply())
         return self._send_message(client, envelope, mail, rcpts, header, body)
 
@@ -622,16 +647,14 @@ class SmtpRelayClient(RelayPoolClient):
             raise SmtpRelayError.factory(final)
         return self._merge(envelope.recipients, rcpts, final)
 
-    @contextlib.contextmanager
-    def _stale_guard(self, mail: Reply | None) -> Iterator[None]:
-        # A pooled connection the server had closed fails before the server
-        # answered MAIL (with PIPELINING, MAIL goes out with DATA or BDAT).
-        try:
-            yield
-        except _ConnectionDropped as exc:
-            if not mail:
-                raise _StaleConnection(exc.reply) from None
-            raise
+    @staticmethod
+    def _stale_guard(mail: Reply | None) -> _StaleGuard:
+        """Turn a dropped connection before MAIL's reply into :class:`_StaleConnection`.
+
+        A pooled connection the server had closed fails before the server
+        answered MAIL (with PIPELINING, MAIL goes out with DATA or BDAT).
+        """
+        return _StaleGuard(mail)
 
     @staticmethod
     def _step_of(mail: Reply, rcpts: list[Reply], last: str) -> Callable[[], str]:
@@ -675,6 +698,63 @@ class SmtpRelayClient(RelayPoolClient):
         with contextlib.suppress(RelayError), self._step("QUIT", self.command_timeout):
             client.quit()
         self._close()
+
+
+class _StepTimedOut(BaseException):
+    """Thrown into the delivering greenlet when a step's deadline passes.
+
+    A BaseException, like :class:`gevent.Timeout`, so that no ``except
+    Exception`` on the way can swallow it.
+    """
+
+
+class _Step:
+    """The context of one exchange: its deadline, and its failures as relay errors."""
+
+    __slots__ = ("_owner", "_seconds", "_step", "_timer")
+
+    def __init__(self, owner: SmtpRelayClient, step: str | Callable[[], str], seconds: float | None) -> None:
+        self._owner = owner
+        self._step = step
+        self._seconds = seconds
+        self._timer: tuple[Any, _StepTimedOut, bool] | None = None
+
+    def __enter__(self) -> None:
+        if self._seconds is not None:
+            self._timer = self._owner._arm(self._seconds)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        timer = self._timer
+        if timer is not None:
+            if timer[2]:
+                timer[0].close()
+            else:
+                timer[0].stop()
+        if exc is None:
+            return
+        if isinstance(exc, _StepTimedOut):
+            # The exception object is reused by the next step of this length.
+            exc.__traceback__ = None
+            if timer is None or exc is not timer[1]:
+                return  # an outer step's deadline: let it through
+        failure = self._owner._step_failure(self._step, exc)
+        if failure is None:
+            return
+        raise failure from None
+
+
+class _StaleGuard:
+    __slots__ = ("_mail",)
+
+    def __init__(self, mail: Reply | None) -> None:
+        self._mail = mail
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, _ConnectionDropped) and not self._mail:
+            raise _StaleConnection(exc.reply) from None
 
 
 def _peer_chain(client: Client) -> list[bytes]:

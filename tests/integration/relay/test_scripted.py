@@ -355,3 +355,40 @@ def test_auth_rejected_is_transient(scripted: Any) -> None:
         deliver(server, credentials=("user", "secret"))
     assert not isinstance(info.value, PermanentRelayError)
     assert info.value.reply.code == "535"
+
+
+def test_step_deadlines_hold_on_a_reused_session(scripted: Any) -> None:
+    # The client re-arms one timer per step length across transactions: the
+    # third message's silent server must still time out, within its own
+    # data_timeout, and the pool must then deliver on a fresh session.
+    datas = 0
+
+    def data(conn: Conn, line: bytes) -> Any:
+        nonlocal datas
+        datas += 1
+        conn.send(b"354 go on\r\n")
+        body = conn.read_data()
+        if datas == 3:
+            gevent.sleep(5)
+            return STOP
+        conn.server.messages.append(body or b"")
+        conn.send(b"250 2.0.0 Ok\r\n")
+        return None
+
+    server = scripted(replies={b"DATA": data})
+    relay = relay_to(server, idle_timeout=5.0, pool_size=1, data_timeout=0.5)
+    try:
+        for _ in range(2):
+            assert relay.attempt(make_envelope(), 0).code == "250"
+        started = gevent.get_hub().loop.now()
+        with pytest.raises(TransientRelayError) as info, gevent.Timeout(4):
+            relay.attempt(make_envelope(), 0)
+        waited = gevent.get_hub().loop.now() - started
+        assert info.value.reply.command == "[SEND_DATA]"
+        assert str(info.value.reply.message).startswith("4.4.2 Timed out")
+        assert 0.4 <= waited < 2.0
+        assert relay.attempt(make_envelope(), 0).code == "250"
+    finally:
+        relay.kill()
+    assert len(server.messages) == 3
+    assert server.connections == 2
