@@ -189,6 +189,12 @@ class Router(Relay):
             return self.local, self.names[0]
         return self.remote, self.names[1]
 
+    def all_local(self, envelope: Envelope) -> bool:
+        """Whether every recipient of ``envelope`` goes to the local relay."""
+        if self.local is None or not envelope.recipients:
+            return False
+        return all(self._route(rcpt)[0] is self.local for rcpt in envelope.recipients)
+
     def attempt(self, envelope: Envelope, attempts: int) -> dict[str, Any]:
         """Deliver each group of recipients with its relay; results per recipient."""
         groups: dict[str, tuple[Relay | None, list[str]]] = {}

@@ -324,6 +324,13 @@ def _configure_queue(queue: Queue, section: Section, router: Router, config: Con
     )
     queue.relay_timeout = section["relay_timeout"] or None
     queue.queue_policies = _policies(section, config)
+    # A Maildir delivery is durable and quick: the mailbox file can stand in
+    # for the queue file (the 250 waits for it).  Other local relays run a
+    # program, too slow to hold the SMTP session for.
+    from slimta.relay.maildir import MaildirRelay
+
+    direct = section["direct_local"] and isinstance(router.local, MaildirRelay)
+    queue.direct = router.all_local if direct else None
 
 
 def _new_queue(section: Section, router: Router, config: Config) -> Queue:

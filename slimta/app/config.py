@@ -166,6 +166,7 @@ _QUEUE_COMMON = {
     "lifetime": _k("float", 432000.0, "bounce messages older than this (seconds)"),
     "relay_timeout": _k("float", 600.0, "seconds one delivery attempt may take"),
     "relay_pool": _k("int", 0, "most delivery attempts at once (0: no limit)"),
+    "direct_local": _k("bool", True, "deliver into a maildir local_relay before the 250 (no queue file)"),
     "policies": _k(
         "strlist",
         ["add_date_header", "add_message_id_header", "add_received_header"],

@@ -33,6 +33,12 @@ Theory of operation:
   storage error after an attempt puts the id back in the timetable after
   :attr:`Queue.store_retry_delay`.  The scheduler loop logs and carries on
   after any error; it ends only when killed.
+* **Direct delivery.**  With :attr:`Queue.direct` set, an envelope it
+  accepts is attempted inside :meth:`Queue.enqueue`, before anything is
+  stored; only the recipients left undelivered are written (and then
+  retried or bounced as usual).  For a relay whose delivery is durable by
+  itself (a Maildir file fsync'd with its directory) the client's ``250``
+  still means "on disk", one write cheaper.
 * **Restarts.**  Retry times live in storage: :meth:`Queue.start` loads
   every stored envelope and resumes its schedule.
 """
@@ -43,6 +49,7 @@ import importlib
 import logging
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -262,9 +269,25 @@ class Queue(InspectionMixin, _GreenletBase):
     Attributes:
         store_retry_delay: Seconds before an envelope is tried again after
             the storage failed while recording an attempt's outcome.
+        direct: ``direct(envelope) -> bool``, or ``None`` (the default).
+            For an envelope it accepts, :meth:`enqueue` makes the first
+            delivery attempt *before* storing it, and stores only the
+            recipients that attempt did not deliver; an envelope delivered
+            to every recipient is never written to storage.  Meant for a
+            fast local relay whose delivery is itself durable (a Maildir
+            file is fsync'd before it counts as delivered): the client's
+            ``250`` then waits for the mailbox instead of the queue file,
+            and one durable write per message is saved.  A crash after the
+            delivery but before the ``250`` means a duplicate when the
+            client sends again, never a loss.  (Beyond python-slimta.)
+        direct_timeout: Seconds that attempt may take (default 30); past
+            that the envelope is stored and delivered the usual way (if the
+            late attempt still finishes, that recipient gets a duplicate).
     """
 
     store_retry_delay: float = 60.0
+    direct: Callable[[Envelope], bool] | None = None
+    direct_timeout: float = 30.0
 
     def __init__(
         self,
@@ -351,7 +374,9 @@ class Queue(InspectionMixin, _GreenletBase):
 
         Each resulting envelope is stored before this returns; its first
         delivery attempt starts at once (or as soon as ``relay_pool`` has
-        room) without waiting for it.
+        room) without waiting for it.  With :attr:`direct`, an envelope it
+        accepts is attempted first, here, and only what that attempt did
+        not deliver is stored.
 
         Args:
             envelope: The envelope received.
@@ -363,6 +388,8 @@ class Queue(InspectionMixin, _GreenletBase):
         """
         now = time.time()
         envelopes = self._run_policies(envelope)
+        if self.relay is not None and self.direct is not None:
+            return [self._enqueue_direct(env, now) for env in envelopes]
         if self.store_pool is not None and len(envelopes) > 1:
             writers = [self.store_pool.spawn(self._write, env, now) for env in envelopes]
             gevent.joinall(writers)
@@ -374,6 +401,35 @@ class Queue(InspectionMixin, _GreenletBase):
                 if not isinstance(id_, QueueError):
                     self._start_new(id_, env)
         return list(zip(envelopes, ids, strict=True))
+
+    def _enqueue_direct(self, envelope: Envelope, now: float) -> tuple[Envelope, str | QueueError]:
+        """Attempt ``envelope`` first if :attr:`direct` says so; store what is left."""
+        rest: Envelope | None = envelope
+        try:
+            wanted = bool(self.direct(envelope)) if self.direct is not None else False
+        except Exception:  # noqa: BLE001 - a broken predicate means the usual path
+            slimta_logging.log_exception(__name__)
+            wanted = False
+        if wanted:
+            if getattr(envelope, "timestamp", None) is None:
+                envelope.timestamp = now
+            recipients = list(envelope.recipients)
+            outcomes = self._call_relay(envelope, 0, recipients, self.direct_timeout)
+            if outcomes is None or not (outcomes.permanent or outcomes.transient):
+                rest = None
+            elif outcomes.delivered:
+                done = set(outcomes.delivered)
+                rest = envelope.copy([r for i, r in enumerate(recipients) if i not in done])
+        if rest is None:
+            id_ = uuid.uuid4().hex  # for the reply and the logs: nothing is stored
+            _log.debug("delivered before storing: id=%s", id_)
+            return envelope, id_
+        # Undelivered recipients are stored and attempted again at once:
+        # retries, bounces and DSNs then work as for any queued message.
+        stored = self._write(rest, now)
+        if not isinstance(stored, QueueError):
+            self._start_new(stored, rest)
+        return envelope, stored
 
     def _start_new(self, id_: str, envelope: Envelope) -> None:
         # A storage whose write yields lets the start-up load() list this id
@@ -443,7 +499,7 @@ class Queue(InspectionMixin, _GreenletBase):
     def _attempt(self, id_: str, envelope: Envelope, attempts: int) -> None:
         try:
             recipients = list(envelope.recipients)
-            outcomes = self._call_relay(envelope, attempts, recipients)
+            outcomes = self._call_relay(envelope, attempts, recipients, self.relay_timeout)
             if id_ in self._cancelled:
                 retry_at = None
             elif outcomes is None:  # the common case: all delivered
@@ -457,11 +513,13 @@ class Queue(InspectionMixin, _GreenletBase):
             retry_at = time.time() + self.store_retry_delay
         self._release(id_, retry_at)
 
-    def _call_relay(self, envelope: Envelope, attempts: int, recipients: list[str]) -> Outcomes | None:
+    def _call_relay(
+        self, envelope: Envelope, attempts: int, recipients: list[str], timeout: float | None
+    ) -> Outcomes | None:
         """Attempt delivery; ``None`` means every recipient was delivered."""
         relay = self.relay
         attempt = getattr(relay, "_attempt", None) or getattr(relay, "attempt")  # noqa: B009
-        timer = Timeout(self.relay_timeout)
+        timer = Timeout(timeout)
         timer.start()
         try:
             result = attempt(envelope, attempts)

@@ -132,10 +132,29 @@ def _unique_name() -> str:
     now = time.time()
     seconds = int(now)
     micros = int((now - seconds) * 1_000_000)
+    return f"{seconds}.M{micros}P{_process_tag()}Q{next(_counter)}.{_host_part()}"
+
+
+# (pid, "<pid>R<random hex>"): the random bits are drawn once per process
+# (again after a fork), not per message -- with the pid and the counter
+# they keep names unique across processes, and a message costs no
+# getrandom() call.
+_tag: tuple[int, str] = (0, "")
+
+
+def _process_tag() -> str:
+    global _tag
+    pid = os.getpid()
+    if _tag[0] != pid:
+        _tag = (pid, f"{pid}R{secrets.token_hex(8)}")
+    return _tag[1]
+
+
+@functools.lru_cache(maxsize=1)
+def _host_part() -> str:
     # The Maildir convention replaces "/" and ":" in the host name, which
     # would otherwise make a path or start the info part.
-    host = _hostname().replace("/", r"\057").replace(":", r"\072")
-    return f"{seconds}.M{micros}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(8)}.{host}"
+    return _hostname().replace("/", r"\057").replace(":", r"\072")
 
 
 def _hostname() -> str:
@@ -167,17 +186,29 @@ def _make_maildir(folder: str) -> None:
         _fsync_dir(os.path.dirname(os.path.abspath(folder)))
 
 
-def _store(folder: str, data: bytes, create: bool) -> str:
+def _store(folder: str, data: bytes, create: bool, known: bool = False) -> str:
     """Deliver ``data`` into the Maildir ``folder``; runs in a thread.
+
+    ``known`` says the folder was seen complete before: its checks are
+    skipped, and done after all if ``tmp/`` turns out to be missing.
 
     Returns:
         The file name in ``new/``, or ``""`` when the folder does not exist
         and ``create`` is false.
     """
+    if known:
+        try:
+            return _store_file(folder, data)
+        except FileNotFoundError:
+            pass  # removed since: check (and create) it as for a new folder
     if create:
         _make_maildir(folder)
     elif not all(os.path.isdir(os.path.join(folder, sub)) for sub in _SUBDIRS):
         return ""
+    return _store_file(folder, data)
+
+
+def _store_file(folder: str, data: bytes) -> str:
     name = _unique_name()
     tmp_path = os.path.join(folder, "tmp", name)
     new_path = os.path.join(folder, "new", name)
@@ -262,6 +293,9 @@ class MaildirRelay(Relay):
         self.folder_for: FolderFor = folder_for or self._default_folder_for
         self.create = create
         self._syncers: dict[str, GroupFsync] = {}
+        # Folders a delivery found complete: later deliveries skip the
+        # mkdir/stat calls (bounded like the syncers).
+        self._known: set[str] = set()
 
     def _default_folder_for(self, recipient: str) -> str:
         return default_folder_for(self.base_dir, recipient)
@@ -277,10 +311,16 @@ class MaildirRelay(Relay):
         folder = self._folder(recipient)
         data = return_path + _address_header("Delivered-To", recipient, "5.1.3") + message
         pool = gevent.get_hub().threadpool
+        known = self._known
         try:
-            name = pool.apply(_store, (folder, data, self.create))
+            name = pool.apply(_store, (folder, data, self.create, folder in known))
             if name:
+                if len(known) >= 1024:
+                    known.clear()
+                known.add(folder)
                 self._new_dir_sync(folder).sync()
+            else:
+                known.discard(folder)
         except OSError as exc:
             raise _os_error(exc, folder) from exc
         if not name:
