@@ -45,6 +45,12 @@ DANE-TA chain checks and the SPKI selector need the ``cryptography``
 package; without it only ``3 0 x`` (DANE-EE, whole certificate) records can
 match.
 
+This module holds the levels, the DANE checks and :class:`TlsPolicy`
+itself; the MTA-STS lookup, fetch, parser and cache live in the private
+``slimta.relay.smtp._mtasts`` (re-exported here: :class:`MtaStsPolicy`,
+:class:`MtaStsError`, :func:`fetch_mta_sts_policy`,
+:func:`parse_mta_sts_policy`).
+
 .. versionadded:: 0.1.0
 """
 
@@ -52,21 +58,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import ssl
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-import gevent
-from gevent import socket as gsocket
-
-from slimta.core import SlimtaError
-from slimta.http import HTTPSConnection
 from slimta.relay.smtp import SmtpPermanentRelayError, SmtpTransientRelayError
+from slimta.relay.smtp._mtasts import MTA_STS_MAX_AGE as MTA_STS_MAX_AGE  # importable here, as before
+from slimta.relay.smtp._mtasts import MTA_STS_MAX_BYTES as MTA_STS_MAX_BYTES
+from slimta.relay.smtp._mtasts import (
+    Cache,
+    MtaStsCache,
+    MtaStsError,
+    MtaStsPolicy,
+    default_verify_context,
+    fetch_mta_sts_policy,
+    parse_mta_sts_policy,
+)
 from slimta.smtp.reply import Reply
-from slimta.util.dns import DNSError, DNSResolver, TLSARecord, resolve_addresses
+from slimta.util.dns import DNSError, DNSResolver, TLSARecord
 
 if TYPE_CHECKING:
     from slimta.relay.smtp.tlsrpt import TlsReport
@@ -88,15 +98,6 @@ _log = logging.getLogger(__name__)
 
 #: Every level, weakest first.
 LEVELS: Final = ("none", "may", "encrypt", "verify", "mta-sts", "dane")
-
-#: The largest policy file accepted (RFC 8461 section 3.2).
-MTA_STS_MAX_BYTES: Final = 64 * 1024
-#: The longest ``max_age`` honoured (RFC 8461 section 3.2: about a year).
-MTA_STS_MAX_AGE: Final = 31557600
-
-
-class MtaStsError(SlimtaError):
-    """An MTA-STS policy could not be fetched or parsed; ``str()`` says why."""
 
 
 class TlsPolicyFailure(SmtpTransientRelayError):
@@ -178,16 +179,7 @@ class TlsRequirement:
         """The context for ``verify``: ``context`` or the system defaults."""
         if self.context is not None:
             return self.context
-        return _default_verify_context()
-
-
-_VERIFY_CONTEXT: list[ssl.SSLContext] = []
-
-
-def _default_verify_context() -> ssl.SSLContext:
-    if not _VERIFY_CONTEXT:
-        _VERIFY_CONTEXT.append(ssl.create_default_context())
-    return _VERIFY_CONTEXT[0]
+        return default_verify_context()
 
 
 # -- DANE (RFC 7672) ----------------------------------------------------------------
@@ -293,163 +285,7 @@ def match_tlsa(
     return None
 
 
-# -- MTA-STS (RFC 8461) -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MtaStsPolicy:
-    """A parsed MTA-STS policy file.
-
-    Attributes:
-        mode: ``enforce``, ``testing`` or ``none``.
-        mx: The MX patterns (``mail.example.com`` or ``*.example.net``).
-        max_age: Seconds the policy may be cached.
-        id: The ``id=`` of the TXT record it was fetched for.
-        text: The policy file as received, for reports.
-    """
-
-    mode: str
-    mx: tuple[str, ...]
-    max_age: int
-    id: str = ""
-    text: str = ""
-
-    def matches(self, host: str) -> bool:
-        """Whether MX host ``host`` is allowed by the policy (RFC 8461 section 4.1)."""
-        name = host.lower().rstrip(".")
-        for pattern in self.mx:
-            if pattern.startswith("*."):
-                first, dot, rest = name.partition(".")
-                if dot and first and rest == pattern[2:]:
-                    return True
-            elif name == pattern:
-                return True
-        return False
-
-
-def parse_mta_sts_policy(text: str, policy_id: str = "") -> MtaStsPolicy:
-    """Parse a policy file (``key: value`` lines, RFC 8461 section 3.2).
-
-    Raises:
-        MtaStsError: A required field is missing or invalid.
-    """
-    fields: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        key, colon, value = line.partition(":")
-        if colon:
-            fields.setdefault(key.strip().lower(), []).append(value.strip())
-    if fields.get("version") != ["STSv1"]:
-        raise MtaStsError("policy has no 'version: STSv1'")
-    mode = (fields.get("mode") or [""])[0]
-    if mode not in ("enforce", "testing", "none"):
-        raise MtaStsError(f"policy mode {mode!r} is not enforce, testing or none")
-    try:
-        max_age = int((fields.get("max_age") or [""])[0])
-    except ValueError:
-        raise MtaStsError("policy max_age is not a number") from None
-    if not 0 <= max_age <= MTA_STS_MAX_AGE:
-        raise MtaStsError(f"policy max_age {max_age} out of range")
-    mx = tuple(p.lower().rstrip(".") for p in fields.get("mx", ()))
-    if mode != "none" and not mx:
-        raise MtaStsError("policy lists no mx")
-    return MtaStsPolicy(mode, mx, max_age, policy_id, text)
-
-
-_TXT_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
-
-
-def _parse_txt(records: list[str]) -> str:
-    """Return the ``id`` of the one STSv1 TXT record; MtaStsError otherwise."""
-    found = [r for r in records if r.startswith("v=STSv1")]
-    if len(found) != 1:
-        raise MtaStsError(f"{len(found)} STSv1 TXT records")
-    tags = dict(part.strip().partition("=")[::2] for part in found[0].split(";") if part.strip())
-    policy_id = tags.get("id", "")
-    if not _TXT_ID.match(policy_id):
-        raise MtaStsError(f"TXT record has a bad id {policy_id!r}")
-    return policy_id
-
-
-def fetch_mta_sts_policy(
-    domain: str,
-    context: ssl.SSLContext | None = None,
-    timeout: float = 10.0,
-    port: int = 443,
-    resolver: DNSResolver | None = None,
-) -> MtaStsPolicy:
-    """Fetch and parse ``https://mta-sts.<domain>/.well-known/mta-sts.txt``.
-
-    The host name is resolved with our resolver; the certificate must be
-    valid for ``mta-sts.<domain>``; redirects are not followed; the body
-    may not exceed 64 KiB; everything ends within ``timeout``.
-
-    Args:
-        domain: The policy domain.
-        context: Trust store for the HTTPS certificate; None: the system's.
-        timeout: Seconds for the whole fetch.
-        port: The HTTPS port (443).
-        resolver: The resolver for the policy host; None: the default one.
-
-    Raises:
-        MtaStsError: Why no policy could be had.
-    """
-    host = f"mta-sts.{domain}"
-    timer = gevent.Timeout(timeout)
-    timer.start()
-    try:
-        return _fetch(host, port, context, timeout, resolver)
-    except gevent.Timeout as exc:
-        if exc is not timer:
-            raise
-        raise MtaStsError(f"fetching the policy from {host} took over {timeout:g} s") from None
-    except (OSError, DNSError, ValueError) as exc:
-        raise MtaStsError(f"fetching the policy from {host} failed: {exc}") from None
-    finally:
-        timer.cancel()
-
-
-def _fetch(
-    host: str, port: int, context: ssl.SSLContext | None, timeout: float, resolver: DNSResolver | None
-) -> MtaStsPolicy:
-    def connect(address: tuple[str, int], *args: Any, **kwargs: Any) -> Any:
-        ip = resolve_addresses(host, timeout, resolver)[0]
-        return gsocket.create_connection((ip, address[1]), timeout)
-
-    conn = HTTPSConnection(host, port, timeout=timeout, context=context or _default_verify_context())
-    conn._create_connection = connect
-    try:
-        conn.request("GET", "/.well-known/mta-sts.txt", headers={"User-Agent": "slimta"})
-        response = conn.getresponse()
-        if response.status != 200:
-            raise MtaStsError(f"{host} answered HTTP {response.status} (redirects are not followed)")
-        media = (response.getheader("Content-Type") or "").partition(";")[0].strip().lower()
-        if media != "text/plain":
-            raise MtaStsError(f"{host} sent {media or 'no media type'}, not text/plain")
-        body = response.read(MTA_STS_MAX_BYTES + 1)
-        if len(body) > MTA_STS_MAX_BYTES:
-            raise MtaStsError(f"the policy from {host} is over {MTA_STS_MAX_BYTES} bytes")
-    finally:
-        conn.close()
-    return parse_mta_sts_policy(body.decode("utf-8", "replace"))
-
-
 # -- the per-destination policy -----------------------------------------------------
-
-
-class _Cache:
-    """Values with an expiry time, by key."""
-
-    def __init__(self) -> None:
-        self._items: dict[Any, tuple[float, Any]] = {}
-
-    def get(self, key: Any, default: Any = None, *, stale: bool = False) -> Any:
-        item = self._items.get(key)
-        if item is None or (not stale and item[0] <= time.monotonic()):
-            return default
-        return item[1]
-
-    def put(self, key: Any, value: Any, seconds: float) -> None:
-        self._items[key] = (time.monotonic() + seconds, value)
 
 
 class TlsPolicy:
@@ -503,9 +339,8 @@ class TlsPolicy:
         self.dns_timeout = dns_timeout
         self.fetch_timeout = fetch_timeout
         self.report = report
-        self._sts = _Cache()
-        self._sts_txt = _Cache()
-        self._dnssec = _Cache()
+        self._mta_sts = MtaStsCache()
+        self._dnssec = Cache()
 
     def level_for(self, domain: str) -> str:
         """The configured level for ``domain`` (exact name, then parent ``.suffix`` keys)."""
@@ -564,38 +399,7 @@ class TlsPolicy:
             now (no TXT record and nothing cached, or a fetch failure with
             nothing cached: RFC 8461 section 5 then delivers as without).
         """
-        name = domain.lower().rstrip(".")
-        cached: MtaStsPolicy | None = self._sts.get(name)
-        policy_id = self._sts_txt.get(name, default=False)
-        if policy_id is False:
-            policy_id = self._txt_id(name)
-            self._sts_txt.put(name, policy_id, self.min_cache)
-        if policy_id is None or (cached is not None and cached.id == policy_id):
-            return cached
-        try:
-            policy = fetch_mta_sts_policy(
-                name, self.https_context or self.context, self.fetch_timeout, self.mta_sts_port, self.resolver
-            )
-        except MtaStsError as exc:
-            _log.warning("MTA-STS policy of %s: %s", name, exc)
-            self._count(name, "sts", None, None, "sts-policy-fetch-error")
-            return cached
-        policy = MtaStsPolicy(policy.mode, policy.mx, policy.max_age, policy_id, policy.text)
-        self._sts.put(name, policy, policy.max_age)
-        return policy
-
-    def _txt_id(self, name: str) -> str | None:
-        use = self.resolver if self.resolver is not None else DNSResolver.get_default()
-        try:
-            records = use.lookup(f"_mta-sts.{name}", "TXT", self.dns_timeout).get() or []
-            return _parse_txt([r.text for r in records])
-        except DNSError as exc:
-            if not exc.permanent:
-                _log.warning("MTA-STS TXT lookup for %s failed: %s", name, exc)
-            return None
-        except MtaStsError as exc:
-            _log.warning("MTA-STS TXT record of %s: %s", name, exc)
-            return None
+        return self._mta_sts.policy(self, domain)
 
     def _plan_mta_sts(
         self, domain: str, hosts: list[str], requiretls: bool
