@@ -165,6 +165,12 @@ class DkimKey:
         """
         return load_private_key(self.algorithm, self.key_bytes)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the parsed key (a copy parses it again on first use)."""
+        state = dict(self.__dict__)
+        state.pop("signing_key", None)
+        return state
+
 
 def _tags(value: str) -> dict[str, str]:
     return {m.group(1).lower(): re.sub(r"\s+", "", m.group(2)) for m in _TAG.finditer(value)}

@@ -10,6 +10,7 @@ OpenDKIM checks the same signatures in
 from __future__ import annotations
 
 import base64
+import pickle
 import re
 from collections.abc import Callable
 from email.utils import getaddresses
@@ -219,6 +220,15 @@ def test_signing_key_parsed_once(
     for _ in range(3):
         signed(CORPUS["plain"], signer)
     assert calls == ["rsa-sha256"]
+
+
+def test_used_key_still_pickles(keys: dict[str, tuple[DkimKey, bytes]]) -> None:
+    key = keys["ed25519-sha256"][0]
+    assert key.signing_key is key.signing_key
+    copied = pickle.loads(pickle.dumps(key))
+    assert copied == key
+    assert "signing_key" not in vars(copied)
+    assert copied.signing_key.public_key() == key.signing_key.public_key()
 
 
 @pytest.mark.parametrize(
