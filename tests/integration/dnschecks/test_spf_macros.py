@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from slimta.util import spf as spf_module
+from slimta.util import _spf
 from slimta.util.dns import DNSResolver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(10)]
 
 
-def context(ip: str) -> spf_module._Context:
-    return spf_module._Context(
+def context(ip: str) -> _spf.Context:
+    return _spf.Context(
         ip=ipaddress.ip_address(ip),
         sender="strong-bad@email.example.com",
         local="strong-bad",
@@ -51,12 +51,12 @@ RFC_EXAMPLES = [
 
 @pytest.mark.parametrize(("macro", "expected"), RFC_EXAMPLES)
 def test_rfc_7208_examples(macro: str, expected: str) -> None:
-    assert spf_module._macro_tokens(macro) is not None
-    assert spf_module._expand(context("192.0.2.3"), macro, "email.example.com") == expected
+    assert _spf._macro_tokens(macro) is not None
+    assert _spf._expand(context("192.0.2.3"), macro, "email.example.com") == expected
 
 
 def test_rfc_7208_ipv6_example() -> None:
-    expanded = spf_module._expand(context("2001:db8::cb01"), "%{ir}.%{v}._spf.%{d2}", "email.example.com")
+    expanded = _spf._expand(context("2001:db8::cb01"), "%{ir}.%{v}._spf.%{d2}", "email.example.com")
     assert expanded == "1.0.b.c.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6._spf.example.com"
 
 
@@ -77,14 +77,14 @@ def test_rfc_7208_ipv6_example() -> None:
     ],
 )
 def test_escapes_uppercase_and_delimiters(macro: str, expected: str) -> None:
-    assert spf_module._expand(context("192.0.2.3"), macro, "email.example.com") == expected
+    assert _spf._expand(context("192.0.2.3"), macro, "email.example.com") == expected
 
 
 def test_explanation_only_letters() -> None:
     ctx = context("192.0.2.3")
     text = "%{c} is not allowed for %{d}; see %{r} at %{t}"
-    assert spf_module._macro_tokens(text) is None  # spaces and c/r/t: explanations only
-    expanded = spf_module._expand(ctx, text, "email.example.com", explain=True)
+    assert _spf._macro_tokens(text) is None  # spaces and c/r/t: explanations only
+    expanded = _spf._expand(ctx, text, "email.example.com", explain=True)
     before, _, stamp = expanded.rpartition(" at ")
     assert before == "192.0.2.3 is not allowed for email.example.com; see unknown"
     assert abs(int(stamp) - time.time()) < 5
@@ -94,13 +94,13 @@ def test_explanation_only_letters() -> None:
     "macro", ["%{x}", "%{d0}", "%{d01}", "%", "%{d", "%a", "a b", "%{ir}.%{v}%", "%{dr*}", "%{s+@}"]
 )
 def test_macro_syntax_errors(macro: str) -> None:
-    assert spf_module._macro_tokens(macro) is None
+    assert _spf._macro_tokens(macro) is None
 
 
 def test_long_expansion_is_cut_on_the_left() -> None:
     ctx = context("192.0.2.3")
     ctx.local = "a." * 150 + "b"
-    name = spf_module._target(ctx, "%{l}.example.com", "email.example.com")
+    name = _spf._target(ctx, "%{l}.example.com", "email.example.com")
     assert len(name) <= 253
     assert name.endswith(".a.a.b.example.com")
     assert not name.startswith(".")
