@@ -41,6 +41,10 @@ cannot be started at all (``ENOENT``, ``EACCES``...) fails with ``450
 4.3.0`` and a message that names it: the administrator can install or fix it
 and the queued mail goes out on the next attempt.
 
+This module builds the arguments and maps the outcome; running the program
+(spawning, the pipes, the timeout and the kill) is the private
+``slimta.relay._process``.
+
 Exit status and output
 ----------------------
 
@@ -76,22 +80,17 @@ Pass ``crlf=True`` to write it with the CRLF line endings of SMTP instead.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import re
 import shutil
-import signal
 import string
 from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING, Any, NoReturn
-
-import gevent
-from gevent import subprocess
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from slimta.envelope import EnvelopeError
 from slimta.logging import getSubprocessLogger
 from slimta.relay import PermanentRelayError, Relay, RelayError, TransientRelayError
+from slimta.relay._process import FORBIDDEN_POPEN_KWARGS, run
 from slimta.smtp.reply import Reply
 
 if TYPE_CHECKING:
@@ -136,22 +135,6 @@ MACROS = frozenset(
     }
 )
 
-# Keyword arguments of Popen that would undo what the relay relies on: the
-# pipes it reads and writes, bytes (not text) I/O, and no shell.
-_FORBIDDEN_POPEN_KWARGS = frozenset(
-    {
-        "stdin",
-        "stdout",
-        "stderr",
-        "bufsize",
-        "shell",
-        "text",
-        "universal_newlines",
-        "encoding",
-        "errors",
-        "input",
-    }
-)
 # An RFC 3463 enhanced status code at the very start of the output.
 _OUTPUT_ESC = re.compile(r"([45])\.[0-9]{1,3}\.[0-9]{1,3}(?=\s|\Z)")
 _WHITESPACE = re.compile(r"\s+")
@@ -162,9 +145,6 @@ _MAILDROP_PREFIX = re.compile(r"\A\S*maildrop: *")
 _BAD_VALUE_ESC = {"recipient": "5.1.3", "sender": "5.1.7"}
 # Exit statuses that name a permanent failure more precisely than 5.3.0.
 _EXIT_ESC = {EX_NOUSER: "5.1.1", EX_NOHOST: "5.1.2"}
-_READ_SIZE = 64 * 1024
-# How long to wait for a killed child to be reaped before giving up on it.
-_REAP_TIMEOUT = 5.0
 
 # One argument, split into (literal text, macro name or None) pieces.
 _Template = tuple[tuple[str, str | None], ...]
@@ -266,7 +246,7 @@ class PipeRelay(Relay):
         super().__init__()
         if isinstance(args, str | bytes):
             raise TypeError("PipeRelay args must be a list of arguments, not a string")
-        forbidden = _FORBIDDEN_POPEN_KWARGS.intersection(popen_kwargs)
+        forbidden = FORBIDDEN_POPEN_KWARGS.intersection(popen_kwargs)
         if forbidden:
             raise TypeError(f"PipeRelay does not accept these Popen arguments: {sorted(forbidden)}")
         self.args: list[str] = list(args)
@@ -347,86 +327,21 @@ class PipeRelay(Relay):
     def _exec_process(self, args: list[str], data: bytes) -> tuple[int, bytes, bytes]:
         """Run the program once; return its exit status and (clipped) output.
 
+        The running itself (process group, pipes, timeout, kill) is
+        ``slimta.relay._process.run``.
+
         Raises:
             TransientRelayError: The program could not be started, or it was
                 killed at the timeout.
         """
-        try:
-            # A list of arguments, never a shell (ruff's S603 does not know
-            # gevent.subprocess, so there is nothing to silence here).
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                # Unbuffered: a write returns as soon as the pipe takes some
-                # of the data, and closing never tries to flush leftovers
-                # into a pipe nobody reads any more.
-                bufsize=0,
-                **self._popen_kwargs(),
-            )
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            msg = f"Cannot run the delivery program {args[0]!r}: {reason}"
-            raise TransientRelayError(msg, Reply("450", f"4.3.0 {msg}")) from exc
-        log.popen(proc, args)
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        out_reader = gevent.spawn(_drain, proc.stdout)
-        err_reader = gevent.spawn(_drain, proc.stderr)
-        workers: list[gevent.Greenlet[Any, Any]] = [
-            gevent.spawn(_feed, proc.stdin, data),
-            out_reader,
-            err_reader,
-        ]
-        timer = gevent.Timeout(self.timeout)
-        timer.start()
-        try:
-            gevent.joinall(workers, raise_error=True)
-            status = proc.wait()
-        except BaseException as exc:
-            # Our timer fired, an outer timeout or a kill reached this
-            # greenlet, or a pipe failed in a way _feed and _drain do not
-            # expect: in every case the child must not be left running.
-            self._kill(proc, workers)
-            if exc is timer:
-                msg = f"The delivery program did not finish within {self.timeout} seconds"
-                raise TransientRelayError(msg, Reply("450", f"4.4.2 {msg}")) from None
-            raise
-        finally:
-            timer.close()
-        stdout = out_reader.value or b""
-        stderr = err_reader.value or b""
-        log.stdio(proc, data, stdout, stderr)
-        log.exit(proc)
-        return status, stdout, stderr
-
-    def _kill(self, proc: subprocess.Popen[bytes], workers: list[gevent.Greenlet[Any, Any]]) -> None:
-        with contextlib.suppress(ProcessLookupError):  # it may have exited just now
-            if self._popen_kwargs().get("start_new_session"):
-                # The group outlives the program while anything it started
-                # still runs (the kernel does not hand out its id again
-                # meanwhile), so this also reaches orphaned grandchildren.
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-        gevent.killall(workers)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                _close_quietly(stream)
-        with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL cannot be ignored
-            proc.wait(timeout=_REAP_TIMEOUT)
-        log.exit(proc)
-
-    def _popen_kwargs(self) -> dict[str, Any]:
-        kwargs = dict(self.popen_kwargs)
-        if "start_new_session" not in kwargs and "process_group" not in kwargs:
-            # Its own process group, so that at the timeout everything the
-            # program started (a shell script's children, say) is killed
-            # with it, and none is left holding the pipes open.
-            kwargs["start_new_session"] = True
-        return kwargs
+        return run(
+            args,
+            data,
+            timeout=self.timeout,
+            popen_kwargs=self.popen_kwargs,
+            output_limit=OUTPUT_LIMIT,
+            log=log,
+        )
 
     def _deliver_once(self, envelope: Envelope, args: list[str], data: bytes) -> None:
         status, stdout, stderr = self._exec_process(args, data)
@@ -499,50 +414,6 @@ class PipeRelay(Relay):
             else:
                 results[rcpt] = None
         return results
-
-
-def _feed(stream: IO[bytes], data: bytes) -> None:
-    """Write ``data`` to the child's standard input, then close it.
-
-    A child that exits without reading all of it closes its end early; that
-    is its choice (its exit status says how the delivery went), not an
-    error of ours.
-    """
-    view = memoryview(data)
-    try:
-        while view:
-            written = stream.write(view)
-            view = view[written or 0 :]
-    except BrokenPipeError:
-        pass
-    finally:
-        _close_quietly(stream)
-
-
-def _drain(stream: IO[bytes]) -> bytes:
-    """Read ``stream`` to its end, keeping only its first OUTPUT_LIMIT bytes."""
-    kept = bytearray()
-    try:
-        while True:
-            chunk = stream.read(_READ_SIZE)
-            if not chunk:
-                break
-            room = OUTPUT_LIMIT - len(kept)
-            if room > 0:
-                kept += chunk[:room]
-    finally:
-        _close_quietly(stream)
-    return bytes(kept)
-
-
-def _close_quietly(stream: IO[bytes]) -> None:
-    try:
-        stream.close()
-    except OSError as exc:
-        # Closing stdin flushes what is still buffered; a child that has gone
-        # away makes that fail with EPIPE, which does not matter any more.
-        if exc.errno != errno.EPIPE:
-            raise
 
 
 def _find_program(name: str, *fallbacks: str) -> str:
