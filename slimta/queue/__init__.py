@@ -279,7 +279,9 @@ class Queue(InspectionMixin, _GreenletBase):
             ``250`` then waits for the mailbox instead of the queue file,
             and one durable write per message is saved.  A crash after the
             delivery but before the ``250`` means a duplicate when the
-            client sends again, never a loss.  (Beyond python-slimta.)
+            client sends again, never a loss.  These attempts run in the
+            caller's greenlet and do not count against ``relay_pool``.
+            (Beyond python-slimta.)
         direct_timeout: Seconds that attempt may take (default 30); past
             that the envelope is stored and delivered the usual way (if the
             late attempt still finishes, that recipient gets a duplicate).
