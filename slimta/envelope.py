@@ -169,6 +169,18 @@ def _parse_fields(raw: bytes) -> Message:
     return headers
 
 
+def _prependable(value: object) -> bool:
+    """True if ``value`` reads back unchanged once written in front of raw fields.
+
+    ASCII, no surrounding whitespace, and line breaks (if any) only as CRLF:
+    the parsed path keeps a bare CR or LF as given, the raw one would not.
+    """
+    if not isinstance(value, str) or not value.isascii() or value != value.strip(" \t"):
+        return False
+    plain = value.replace("\r\n", "") if "\r\n" in value else value
+    return "\r" not in plain and "\n" not in plain
+
+
 def _header_line(name: object, value: object) -> str:
     """Serialise one header field, CRLF-terminated, as text.
 
@@ -383,6 +395,19 @@ class Envelope:
             name: The field name.
             value: The field value.
         """
+        raw = self._header_bytes
+        if raw is not None and _prependable(value):
+            # Not parsed yet: put the field's bytes in front of the received
+            # ones, as flatten() would write it, and keep the section unparsed
+            # (a DKIM signature or Received field per message would otherwise
+            # cost a full parse).  Anything unusual takes the parsed path.
+            try:
+                line = _header_line(name, value)
+            except EnvelopeError:
+                pass
+            else:
+                self._header_bytes = line.encode("ascii") + raw
+                return
         if self.headers is None:
             self.headers = Message(policy=compat32)
         headers = self.headers

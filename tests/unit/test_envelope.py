@@ -742,7 +742,9 @@ _field_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126
 
 @given(
     fields=st.lists(
-        st.tuples(_field_names, _field_text, st.lists(_field_text, max_size=2), st.sampled_from(["\r\n", "\n"])),
+        st.tuples(
+            _field_names, _field_text, st.lists(_field_text, max_size=2), st.sampled_from(["\r\n", "\n"])
+        ),
         min_size=1,
         max_size=8,
     )
@@ -765,7 +767,9 @@ def test_header_parse_matches_stdlib(fields):
 
 @given(
     fields=st.lists(
-        st.tuples(st.sampled_from(["Received", "received", "RECEIVED", "X-Received", "Subject"]), _field_text),
+        st.tuples(
+            st.sampled_from(["Received", "received", "RECEIVED", "X-Received", "Subject"]), _field_text
+        ),
         max_size=12,
     )
 )
@@ -823,3 +827,59 @@ def test_unparsed_flatten_equals_parsed_flatten(fields, high):
     slow.parse(data)
     assert slow.headers is not None  # forces the parse
     assert fast.flatten() == slow.flatten()
+
+
+# -- prepend_header on an unparsed header section ------------------------------------
+
+_PREPEND_RAW = b"From: a@b.example\r\nSubject: hi\r\n folded\r\nX-8: caf\xc3\xa9\r\n\r\nbody\r\n"
+_PREPEND_VALUES = [
+    "x",
+    "a b",
+    "v=1; a=rsa-sha256;\r\n\tb=abc",
+    "v=1;\n b=2",
+    "",
+    "x\r\ny",
+    "x\ny",
+    "x\ry",
+    " lead",
+    "trail ",
+    "\r\n starts-next",
+    "t\tab",
+    "a:b",
+    "\u00e9",
+]
+
+
+@pytest.mark.parametrize("name", ["DKIM-Signature", "Received", "Bad Name", "X:Y"])
+@pytest.mark.parametrize("value", _PREPEND_VALUES)
+def test_prepend_before_parsing_matches_prepend_after_parsing(name: str, value: str) -> None:
+    # The unparsed fast path must be invisible: same bytes sent, same field
+    # read back, same errors, as prepending to the parsed section.
+    def outcome(parse_first: bool) -> tuple[object, ...]:
+        env = Envelope()
+        env.parse(_PREPEND_RAW)
+        if parse_first:
+            assert env.headers is not None
+        try:
+            env.prepend_header(name, value)
+        except Exception as exc:
+            return ("prepend", type(exc).__name__)
+        try:
+            flat: object = env.flatten()
+        except Exception as exc:
+            flat = type(exc).__name__
+        assert env.headers is not None
+        return (flat, env.headers.get_all(name), env.headers.items()[1:])
+
+    assert outcome(parse_first=False) == outcome(parse_first=True)
+
+
+def test_prepend_keeps_an_unparsed_section_unparsed() -> None:
+    env = Envelope()
+    env.parse(_PREPEND_RAW)
+    env.prepend_header("Received", "from a by b; Thu, 26 Nov 2026 04:00:00 +0000")
+    env.prepend_header("DKIM-Signature", "v=1; a=ed25519-sha256;\r\n\tb=xyz")
+    assert env._headers is None  # still bytes: no parse for a prepend
+    header, _ = env.flatten()
+    assert header.startswith(b"DKIM-Signature: v=1; a=ed25519-sha256;\r\n\tb=xyz\r\nReceived: from a by b;")
+    assert env.count_headers("Received") == 1

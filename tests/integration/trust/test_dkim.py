@@ -22,7 +22,7 @@ from slimta.relay import TransientRelayError
 from slimta.relay.smtp.static import StaticSmtpRelay
 from slimta.util.dns import dkim_txt
 from tests.integration.dns.server import SERVFAIL
-from tests.integration.relay.conftest import ScriptedServer, smtp_dialogue
+from tests.integration.relay.conftest import EHLO_DEFAULT, ScriptedServer, smtp_dialogue
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(20)]
 
@@ -274,3 +274,41 @@ def test_opendkim_signature_passes_our_verifier(
     )
     env = received_envelope(proc.stdout)
     assert "dkim=pass header.d=example.test header.s=odk" in results(env)
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["DATA", "BDAT"])
+@pytest.mark.parametrize("algorithm", ["rsa-sha256", "ed25519-sha256"])
+def test_body_without_final_crlf_verifies_over_data_and_bdat(
+    secure_dns: Any, rsa_key: tuple[bytes, str], ed_key: tuple[str, str], chunking: bool, algorithm: str
+) -> None:
+    # DATA adds the final CRLF the body lacks; BDAT sends the body as it is.
+    # The signer makes the message end in CRLF, so the receiver gets exactly
+    # the signed bytes either way (a trailing space on the last line used to
+    # break relaxed verification over BDAT).
+    key, record = (rsa_key[0], rsa_key[1]) if algorithm == "rsa-sha256" else (ed_key[0], ed_key[1])
+    publish(secure_dns, "k1", record)
+    signer = DkimSigner({"example.test": DkimKey("k1", key, algorithm)})
+    data = MESSAGE.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\nfirst line\r\nlast line, trailing space  "
+    ehlo = EHLO_CHUNKING if chunking else EHLO_DEFAULT
+    scripted = ScriptedServer(lambda conn: smtp_dialogue(conn, ehlo=ehlo))
+    relay = StaticSmtpRelay(*scripted.address, connect_timeout=3, command_timeout=3, ehlo_as="client.test")
+    relay.add_policy(signer)
+    try:
+        with gevent.Timeout(10):
+            relay._attempt(envelope(data), 0)
+    finally:
+        relay.kill()
+        scripted.stop()
+    assert len(scripted.messages) == 1
+    received = scripted.messages[0]
+    assert verbs_sent(scripted) == ([b"BDAT"] if chunking else [b"DATA"])
+    assert received.endswith(b"last line, trailing space  \r\n")
+    assert dkim.verify(received, dnsfunc=dkim_txt)
+
+
+EHLO_CHUNKING = b"250-scripted.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 CHUNKING\r\n"
+
+
+def verbs_sent(server: ScriptedServer) -> list[bytes]:
+    verbs = (line.split(b" ", 1)[0].upper() for line in server.lines)
+    return [verb for verb in verbs if verb in (b"DATA", b"BDAT")]
