@@ -5,7 +5,13 @@ Run::
     .venv/bin/python bench/bench_app.py            # 5 start-ups, 5 x 3,000 messages
     .venv/bin/python bench/bench_app.py --quick    # 3 start-ups, 1 x 1,000 messages
     .venv/bin/python bench/bench_app.py --compare  # then also direct_local = false
+    .venv/bin/python bench/bench_app.py --peer     # then also python-slimta's DiskStorage
 
+* **--peer**: python-slimta 5.0.5's DiskStorage (no fsync) behind its
+  SmtpEdge with a blackhole relay (``bench_storage_disk.py serve
+  pyslimta-disk``), unpinned like the node, under the same load: the
+  second half of the DiskStorage target (issue 6) that issue 7 asks the
+  default config to sustain end to end.
 * **Start-up**: ``python -m slimta run`` with the embedded default (its port
   moved to a free one), timed from the process start to the first ``220``
   banner read on a new connection (issue 7: under 1 s).
@@ -116,12 +122,46 @@ def throughput(
     return {"accepted": count / accepted, "end_to_end": count / delivered}
 
 
+PEER_PYTHON = ROOT / "bench" / "peers" / "python-slimta" / "bin" / "python"
+
+
+def peer_throughput(directory: Path, count: int, sessions: int, size: int) -> dict[str, float]:
+    """python-slimta 5.0.5's DiskStorage (no fsync) + BlackholeRelay, same load, unpinned like the node.
+
+    The server is ``bench_storage_disk.py serve pyslimta-disk``; it only
+    receives (its relay discards), so its rate is messages accepted.
+    """
+    port = free_port()
+    cmd = [str(PEER_PYTHON), str(ROOT / "bench" / "bench_storage_disk.py"), "serve", "pyslimta-disk"]
+    proc = subprocess.Popen([*cmd, str(port), str(directory)], cwd="/tmp", stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        if not proc.stdout.readline().startswith(b"READY"):
+            raise SystemExit("python-slimta's server did not start")
+        load = [SMTP_SOURCE, "-M", "bench.example", "-f", "s@bench.example", "-t", "rcpt@bench.example"]
+        subprocess.run([*load, "-s", "10", "-m", "100", "-l", str(size), f"127.0.0.1:{port}"], check=True)
+        t0 = time.perf_counter()
+        subprocess.run(
+            [*load, "-s", str(sessions), "-m", str(count), "-l", str(size), f"127.0.0.1:{port}"],
+            check=True,
+        )
+        accepted = time.perf_counter() - t0
+    finally:
+        stop(proc)
+    return {"accepted": count / accepted, "end_to_end": count / accepted}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--compare", action="store_true", help="also run with direct_local = false")
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="also run python-slimta's DiskStorage (no fsync, receive only) under the same load",
+    )
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--size", type=int, default=1024)
@@ -138,9 +178,13 @@ def main() -> None:
     )
     if not shutil.which(SMTP_SOURCE):
         sys.exit(f"{SMTP_SOURCE} missing: apt-get install postfix")
-    variants = {"default (direct_local)": ""}
+    variants: dict[str, str | None] = {"default (direct_local)": ""}
     if args.compare:
         variants["direct_local = false"] = "direct_local = false"
+    if args.peer:
+        if not PEER_PYTHON.exists():
+            sys.exit("python-slimta 5.0.5 missing: run bench/peers_setup.sh")
+        variants["python-slimta DiskStorage (no fsync, blackhole)"] = None
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     # Every run's files are deleted only at the end, and the variants run
     # one after the other, not alternately: on this machine's ext4 (no
@@ -154,7 +198,10 @@ def main() -> None:
             for _ in range(args.rounds):
                 tmp = tempfile.TemporaryDirectory(dir=ROOT / "bench" / "out")
                 scratch.append(tmp)
-                rates = throughput(Path(tmp.name), args.messages, args.sessions, args.size, extra)
+                if extra is None:
+                    rates = peer_throughput(Path(tmp.name), args.messages, args.sessions, args.size)
+                else:
+                    rates = throughput(Path(tmp.name), args.messages, args.sessions, args.size, extra)
                 runs[name].append(rates)
                 print(
                     f"  {name}: {rates['accepted']:.0f} msg/s accepted, {rates['end_to_end']:.0f} end to end",
@@ -163,14 +210,21 @@ def main() -> None:
     finally:
         for tmp in scratch:
             tmp.cleanup()
+    medians = {name: statistics.median(r["end_to_end"] for r in results) for name, results in runs.items()}
     for name, results in runs.items():
         accepted = statistics.median(r["accepted"] for r in results)
         end_to_end = statistics.median(r["end_to_end"] for r in results)
+        what = "receive only" if variants[name] is None else "disk queue + Maildir"
         print(
-            f"{name}, disk queue + Maildir, {args.size} B, {args.sessions} sessions, {args.messages} messages, "
+            f"{name}, {what}, {args.size} B, {args.sessions} sessions, {args.messages} messages, "
             f"median of {len(results)}: {accepted:.0f} msg/s accepted, {end_to_end:.0f} msg/s delivered end to end "
             f"({end_to_end / POSTFIX_RATE:.2f}x Postfix smtpd's ~{POSTFIX_RATE:.0f})"
         )
+
+    peer = medians.get("python-slimta DiskStorage (no fsync, blackhole)")
+    if peer:
+        ours = medians["default (direct_local)"]
+        print(f"ratio default end to end / python-slimta DiskStorage accepted: {ours / peer:.2f}x")
 
 
 if __name__ == "__main__":
