@@ -44,6 +44,14 @@ names the failing step in ``reply.command`` (``[CONNECT]``, ``[BANNER]``,
 ``[SEND_DATA]``, ``BDAT``) and the peer in ``reply.address``.  When only
 some recipients are refused, :meth:`~slimta.relay.Relay.attempt` returns a
 dict ``{recipient: Reply or RelayError}``.
+
+What lives where: this module holds the session (connect, greet, AUTH,
+deliver, reuse, tear down).  :class:`SmtpRelayClient` inherits the rest
+from mixins in private modules next to it, so no call pays for the split:
+the step machinery (deadlines, local failures, the stale-connection guard)
+from ``_clientsteps.py``; STARTTLS, implicit TLS, TLS policies and DANE
+from ``_clienttls.py``; the MAIL parameters and 7-bit conversion that make
+a message fit the server from ``_clientfit.py``.
 """
 
 from __future__ import annotations
@@ -54,18 +62,17 @@ import ssl
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import gevent
 from gevent import socket as gsocket
 
-from slimta.bounce.dsn import mail_params, rcpt_params
-from slimta.envelope import EnvelopeError
-from slimta.policy.requiretls import EHLO_KEYWORD, get_requiretls
+from slimta.bounce.dsn import rcpt_params
 from slimta.relay import RelayError, TransientRelayError
 from slimta.relay.pool import RelayPoolClient
-from slimta.relay.smtp import SmtpPermanentRelayError, SmtpRelayError, SmtpTransientRelayError
-from slimta.relay.smtp.tlspolicy import TlsPolicyFailure, TlsRequirement, match_tlsa, requiretls_failure
-from slimta.smtp import BadReply, SmtpError
-from slimta.smtp.client import Client, TlsHandshakeFailed, opportunistic_context
+from slimta.relay.smtp import SmtpRelayError, SmtpTransientRelayError
+from slimta.relay.smtp._clientfit import MessageFitMixin
+from slimta.relay.smtp._clientsteps import _LocalFailure, _StaleConnection, _StepTimedOut
+from slimta.relay.smtp._clienttls import TlsMixin, _TlsFallback
+from slimta.relay.smtp.tlspolicy import TlsRequirement
+from slimta.smtp.client import Client
 from slimta.smtp.reply import Reply
 from slimta.util.dns import DNSError
 
@@ -94,23 +101,7 @@ def _local_name() -> str:
     return _fqdn
 
 
-class _LocalFailure(SmtpTransientRelayError):
-    """A failure with no server reply behind it (timeout, lost connection...)."""
-
-
-class _ConnectionDropped(_LocalFailure):
-    """The connection broke or was closed by the server."""
-
-
-class _StaleConnection(_ConnectionDropped):
-    """The connection died before the server answered MAIL: safe to retry."""
-
-
-class _TlsFallback(SmtpError):
-    """Opportunistic TLS failed; the caller reconnects in cleartext."""
-
-
-class SmtpRelayClient(RelayPoolClient):
+class SmtpRelayClient(MessageFitMixin, TlsMixin, RelayPoolClient):
     """Deliver envelopes over one SMTP session, reused while work keeps coming.
 
     Args:
@@ -206,88 +197,9 @@ class SmtpRelayClient(RelayPoolClient):
         # of the relay's CPU per message; these libev timers are re-armed.
         self._timers: dict[float, tuple[Any, _StepTimedOut]] = {}
 
-    # -- errors and deadlines ---------------------------------------------------
-
-    def _reply(self, code: str, message: str, command: str) -> Reply:
-        return Reply(code, message, command=command, address=self.address)
-
-    def _transient(
-        self, message: str, command: str, kind: type[_LocalFailure] = _LocalFailure
-    ) -> SmtpTransientRelayError:
-        return kind(self._reply("451", message, command))
-
-    def _step(self, step: str | Callable[[], str], seconds: float | None) -> _Step:
-        """Bound one exchange by ``seconds`` and turn failures into relay errors."""
-        return _Step(self, step, seconds)
-
-    def _step_failure(self, step: str | Callable[[], str], exc: BaseException) -> BaseException | None:
-        """The relay error a failure inside a step becomes (None: let it through)."""
-        if isinstance(exc, _StepTimedOut):
-            name = step() if callable(step) else step
-            return self._transient(f"4.4.2 Timed out waiting for the reply to {name}", name)
-        if isinstance(exc, TlsHandshakeFailed):
-            return None
-        if isinstance(exc, BadReply):
-            name = step() if callable(step) else step
-            return self._transient(f"4.5.0 Invalid reply to {name}: {exc.data!r}", name)
-        if isinstance(exc, (SmtpError, OSError)):
-            name = step() if callable(step) else step
-            return self._transient(f"4.4.2 Connection lost during {name}: {exc}", name, _ConnectionDropped)
-        return None
-
-    def _arm(self, seconds: float) -> tuple[Any, _StepTimedOut, bool]:
-        """Start a timer for ``seconds``: ``(timer, its exception, temporary)``.
-
-        Each client keeps one libev timer per step length and re-arms it; a
-        step nested in another of the same length gets a temporary one.
-        """
-        entry = self._timers.get(seconds)
-        if entry is None:
-            entry = self._timers[seconds] = (
-                gevent.get_hub().loop.timer(seconds, seconds),
-                _StepTimedOut(seconds),
-            )
-        timer: Any = entry[0]
-        expired = entry[1]
-        temporary = bool(timer.active)
-        if temporary:
-            timer, expired = gevent.get_hub().loop.timer(seconds, seconds), _StepTimedOut(seconds)
-        # The timer throws into the greenlet that armed it, like a Timeout.
-        timer.again(gevent.getcurrent().throw, expired, update=True)
-        return timer, expired, temporary
-
-    @property
-    def _requirement(self) -> TlsRequirement | None:
-        req = self.tls_requirement
-        if req is not None and req.report_only and self._tls_downgraded:
-            return None
-        return req
-
-    @property
-    def _tls_demanded(self) -> bool:
-        req = self._requirement
-        if req is not None:
-            return req.demands_tls
-        context = self.context
-        return self.tls_required or (context is not None and context.verify_mode != ssl.CERT_NONE)
-
-    def _policy_failure(self, reason: str, code: str = "4.7.5") -> SmtpRelayError:
-        req = self._requirement
-        host = str(self._server_hostname or self.address[0])
-        if req is None:
-            return self._transient(f"{code} {reason}", "[TLS]")
-        req.note("starttls-not-supported" if code == "4.7.10" else "validation-failure")
-        if req.requiretls:
-            # RFC 8689 section 4.2.1: no other way is allowed; a bounce.
-            return requiretls_failure(host, reason)
-        exc = TlsPolicyFailure(req.policy, host, reason, code)
-        exc.reply.address = self.address
-        return exc
-
-    @property
-    def _server_hostname(self) -> str | None:
-        host: Any = self.address[0]
-        return host if isinstance(host, str) else None
+    # Errors, replies and step deadlines: StepsMixin (_clientsteps.py);
+    # TLS rules, handshakes and DANE: TlsMixin (_clienttls.py); MAIL
+    # parameters and 7-bit conversion: MessageFitMixin (_clientfit.py).
 
     # -- the greenlet -------------------------------------------------------------
 
@@ -366,16 +278,6 @@ class SmtpRelayClient(RelayPoolClient):
             self._close()
             raise
 
-    def _fall_back(self) -> None:
-        req = self._requirement
-        if req is not None and req.report_only:
-            req.note("validation-failure")
-            _log.warning("TLS policy %s (testing) not met by %s; delivering anyway", req.policy, self.address)
-            self._tls_downgraded = True
-        else:
-            _log.info("TLS with %s failed; delivering in cleartext", self.address)
-            self._tls_broken = True
-
     def _connect(self) -> None:
         with self._step("[CONNECT]", self.connect_timeout):
             try:
@@ -419,43 +321,6 @@ class SmtpRelayClient(RelayPoolClient):
             raise self._transient("4.4.2 Not connected", "[CONNECT]")
         return self.client
 
-    def _tls_context(self) -> tuple[ssl.SSLContext, str | None]:
-        """The context and server name for the handshake, from the policy or the arguments."""
-        req = self._requirement
-        if req is None or req.level == "may":
-            return self.context or opportunistic_context(), self._server_hostname
-        hostname = req.hostname or self._server_hostname
-        if req.level == "verify":
-            return req.verify_context(), hostname
-        # encrypt, and dane (whose check follows the handshake).
-        return opportunistic_context(), hostname
-
-    def _encrypted(self, client: Client) -> None:
-        """After a handshake: check DANE, note whether the server was authenticated."""
-        req = self._requirement
-        if req is None:
-            context = self.context
-            self.tls_verified = context is not None and context.verify_mode != ssl.CERT_NONE
-            return
-        if req.level == "dane":
-            hostname = req.hostname or str(self.address[0])
-            how = match_tlsa(req.tlsa, _peer_chain(client), hostname)
-            if how is None:
-                self._close()
-                raise self._policy_failure("no TLSA record matches the certificate")
-            _log.info("DANE %s match for %s", how, self.address)
-        self.tls_verified = req.verifies
-        req.note(None)
-
-    def _encrypt_now(self, client: Client) -> None:
-        context, hostname = self._tls_context()
-        try:
-            with self._step("[TLS]", self.command_timeout):
-                client.encrypt(context, hostname)
-        except TlsHandshakeFailed:
-            raise self._policy_failure("TLS handshake failed") from None
-        self._encrypted(client)
-
     def _greeting_name(self) -> str:
         if callable(self.ehlo_as):
             return self.ehlo_as(self.address)
@@ -470,27 +335,6 @@ class SmtpRelayClient(RelayPoolClient):
                 reply = client.helo(name)
         if reply.is_error():
             raise SmtpRelayError.factory(reply)
-
-    def _starttls(self, client: Client) -> None:
-        context, hostname = self._tls_context()
-        try:
-            with self._step("STARTTLS", self.command_timeout):
-                reply = client.starttls(context, hostname)
-        except TlsHandshakeFailed:
-            if self._tls_demanded:
-                reason = "TLS handshake failed"
-                if context.verify_mode != ssl.CERT_NONE:
-                    reason += " (certificate not verified)"
-                raise self._policy_failure(reason) from None
-            raise _TlsFallback("TLS handshake failed") from None
-        if reply.code != "220":
-            if self._requirement is not None and self._tls_demanded:
-                raise self._policy_failure(f"STARTTLS refused: {reply}", "4.7.10")
-            if self.tls_required:
-                raise SmtpTransientRelayError(reply)
-            return
-        self._encrypted(client)
-        self._greet(client)
 
     def _authenticate(self, client: Client) -> None:
         creds = self.credentials() if callable(self.credentials) else self.credentials
@@ -531,44 +375,6 @@ class SmtpRelayClient(RelayPoolClient):
             return
         if reply.is_error():
             self._close()
-
-    def _prepare(self, client: Client, envelope: Envelope) -> tuple[Envelope, dict[str, str | bool]]:
-        """Decide the MAIL parameters; re-encode a copy for 7-bit servers."""
-        ext = client.extensions
-        params: dict[str, str | bool] = {}
-        if get_requiretls(envelope):
-            host = str(self._server_hostname or self.address[0])
-            if not (self.tls_verified and client.io.encrypted):
-                raise requiretls_failure(host, "is not reached over verified TLS")
-            if EHLO_KEYWORD not in ext:
-                raise requiretls_failure(host, "does not offer REQUIRETLS")
-            params[EHLO_KEYWORD] = True
-        if envelope.has_utf8_addresses():
-            if "SMTPUTF8" not in ext:
-                reply = self._reply("553", "5.6.7 Server does not support SMTPUTF8 addresses", "MAIL")
-                raise SmtpPermanentRelayError(reply)
-            params["SMTPUTF8"] = True
-        if envelope.is_8bit():
-            if "8BITMIME" in ext:
-                params["BODY"] = "8BITMIME"
-                if "SMTPUTF8" in ext and envelope.has_8bit_headers():
-                    params["SMTPUTF8"] = True
-            else:
-                envelope = self._to_7bit(envelope)
-        if "DSN" in ext:
-            params.update(mail_params(envelope))
-        return envelope, params
-
-    def _to_7bit(self, envelope: Envelope) -> Envelope:
-        conversion_failed = self._reply("554", "5.6.3 Conversion to 7-bit not possible", "MAIL")
-        if envelope.has_8bit_headers():
-            raise SmtpPermanentRelayError(conversion_failed)
-        copy = envelope.copy()
-        try:
-            copy.encode_7bit(self.binary_encoder)
-        except (EnvelopeError, UnicodeError, ValueError, TypeError):
-            raise SmtpPermanentRelayError(conversion_failed) from None
-        return copy
 
     def _deliver(self, envelope: Envelope) -> DeliveryResult:
         client = self._require_client()
@@ -648,26 +454,6 @@ class SmtpRelayClient(RelayPoolClient):
         return self._merge(envelope.recipients, rcpts, final)
 
     @staticmethod
-    def _stale_guard(mail: Reply | None) -> _StaleGuard:
-        """Turn a dropped connection before MAIL's reply into :class:`_StaleConnection`.
-
-        A pooled connection the server had closed fails before the server
-        answered MAIL (with PIPELINING, MAIL goes out with DATA or BDAT).
-        """
-        return _StaleGuard(mail)
-
-    @staticmethod
-    def _step_of(mail: Reply, rcpts: list[Reply], last: str) -> Callable[[], str]:
-        def name() -> str:
-            if not mail:
-                return "MAIL"
-            if not all(rcpts):
-                return "RCPT"
-            return last
-
-        return name
-
-    @staticmethod
     def _merge(recipients: list[str], rcpts: list[Reply], final: Reply) -> DeliveryResult:
         """One reply for all, or a dict when some recipients were refused.
 
@@ -698,76 +484,3 @@ class SmtpRelayClient(RelayPoolClient):
         with contextlib.suppress(RelayError), self._step("QUIT", self.command_timeout):
             client.quit()
         self._close()
-
-
-class _StepTimedOut(BaseException):
-    """Thrown into the delivering greenlet when a step's deadline passes.
-
-    A BaseException, like :class:`gevent.Timeout`, so that no ``except
-    Exception`` on the way can swallow it.
-    """
-
-
-class _Step:
-    """The context of one exchange: its deadline, and its failures as relay errors."""
-
-    __slots__ = ("_owner", "_seconds", "_step", "_timer")
-
-    def __init__(self, owner: SmtpRelayClient, step: str | Callable[[], str], seconds: float | None) -> None:
-        self._owner = owner
-        self._step = step
-        self._seconds = seconds
-        self._timer: tuple[Any, _StepTimedOut, bool] | None = None
-
-    def __enter__(self) -> None:
-        if self._seconds is not None:
-            self._timer = self._owner._arm(self._seconds)
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        timer = self._timer
-        if timer is not None:
-            if timer[2]:
-                timer[0].close()
-            else:
-                timer[0].stop()
-        if exc is None:
-            return
-        if isinstance(exc, _StepTimedOut):
-            # The exception object is reused by the next step of this length.
-            exc.__traceback__ = None
-            if timer is None or exc is not timer[1]:
-                return  # an outer step's deadline: let it through
-        failure = self._owner._step_failure(self._step, exc)
-        if failure is None:
-            return
-        raise failure from None
-
-
-class _StaleGuard:
-    __slots__ = ("_mail",)
-
-    def __init__(self, mail: Reply | None) -> None:
-        self._mail = mail
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if isinstance(exc, _ConnectionDropped) and not self._mail:
-            raise _StaleConnection(exc.reply) from None
-
-
-def _peer_chain(client: Client) -> list[bytes]:
-    """The DER certificates the server sent, its own first (empty if unknown)."""
-    sock = client.io.socket
-    sslobj = getattr(sock, "_sslobj", None)
-    chain_of = getattr(sslobj, "get_unverified_chain", None)
-    if chain_of is not None:
-        try:
-            # Python 3.10-3.12 keep this private on the _ssl object; 3.13
-            # makes it public.  DER is encoding 2.
-            return [cert.public_bytes(2) for cert in chain_of() or ()]
-        except (ValueError, OSError, TypeError):
-            pass
-    leaf = sock.getpeercert(binary_form=True) if hasattr(sock, "getpeercert") else None
-    return [leaf] if leaf else []
