@@ -40,13 +40,23 @@ Security rules kept here, once, for every driver:
 Events are frozen dataclasses; the session's transaction phase follows the
 table :data:`TRANSITIONS` (which command is allowed in which phase, and the
 phase a success reply moves to).
+
+Where things live
+-----------------
+This module keeps the public API and the state machine: the three calls, the
+driver notifications, the sequence check against :data:`TRANSITIONS` and the
+effect of each reply.  Two private mixins, inherited by
+:class:`ServerConnection` so that no call layer is added on the hot path,
+hold the rest: :mod:`slimta.smtp._framing` cuts command lines, DATA messages
+and BDAT chunks out of the input, and :mod:`slimta.smtp._commands` turns a
+command line into an event (verb dispatch, MAIL/RCPT/AUTH arguments).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
+from slimta.smtp._commands import _Commands
 from slimta.smtp._events import (
     NEED_DATA,
     Auth,
@@ -71,7 +81,9 @@ from slimta.smtp._events import (
     UnknownCommand,
     _NeedData,
 )
-from slimta.smtp._grammar import GrammarError, parse_params, parse_path_argument
+
+# END_OF_DATA is re-exported: it was defined here before the framing moved.
+from slimta.smtp._framing import _ANSWERED, CRLF, END_OF_DATA, _Framing, _reply  # noqa: F401
 from slimta.smtp.extensions import Extensions
 from slimta.smtp.reply import Reply
 
@@ -103,9 +115,6 @@ __all__ = [
     "UnknownCommand",
 ]
 
-CRLF: Final = b"\r\n"
-END_OF_DATA: Final = b"\r\n.\r\n"
-
 
 class ProtocolError(Exception):
     """The core was used in a way the protocol does not allow."""
@@ -135,29 +144,10 @@ TRANSITIONS: Final[dict[type, tuple[frozenset[Phase], Phase | None]]] = {
     UnknownCommand: (frozenset({Phase.CONNECTED}) | _GREETED, None),
 }
 
-_INSECURE_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
-_VERB = re.compile(rb"[A-Za-z][A-Za-z0-9_-]{0,19}\Z")
-_BDAT_ARGS = re.compile(r"([0-9]{1,18})(?: +(LAST))? *\Z", re.IGNORECASE)
-_BARE_EOL = re.compile(rb"\r\n|\r|\n")
 _JUNK = (Noop, Rset, UnknownCommand)
-# MAIL parameter -> (extension that must be offered, keyword without value,
-# TLS required).
-_EXTENSION_PARAMS: Final[dict[str, tuple[str, bool, bool]]] = {
-    "SMTPUTF8": ("SMTPUTF8", True, False),
-    "AUTH": ("AUTH", False, False),
-    "REQUIRETLS": ("REQUIRETLS", True, True),
-    "RET": ("DSN", False, False),
-    "ENVID": ("DSN", False, False),
-}
-# Returned by _read_line for a line the core has already answered (too long).
-_ANSWERED: Final = b"<answered>"
 
 
-def _reply(code: str, message: str) -> Reply:
-    return Reply(code, message)
-
-
-class ServerConnection:
+class ServerConnection(_Commands, _Framing):
     """One SMTP server session, without I/O.
 
     Args:
@@ -325,96 +315,6 @@ class ServerConnection:
             if event is not None:
                 return event
 
-    def _read_line(self) -> bytes | None:
-        """Cut one CRLF-terminated line, bounded by the line limit."""
-        limit = (
-            self.limits.max_auth_line_length if self.mode is InputMode.AUTH else self.limits.max_line_length
-        )
-        buf = self._buf
-        end = buf.find(CRLF, self._scan_from)
-        if end < 0:
-            if len(buf) > limit:
-                # Keep nothing of an overlong line but its last octet (it may
-                # be the CR of the CRLF that ends it).
-                self._discarding_line = True
-                del buf[:-1]
-            self._scan_from = max(0, len(buf) - 1)
-            return None
-        line = bytes(buf[:end])
-        del buf[: end + 2]
-        self._scan_from = 0
-        if self._discarding_line or end + 2 > limit:
-            self._discarding_line = False
-            if self.mode is InputMode.AUTH:
-                # Fix: the 500 is a final reply to the AUTH exchange; the
-                # client's next line is a command, not a SASL response.
-                self.mode = InputMode.COMMAND
-            self._refuse("500", "5.5.6 Line too long")
-            return _ANSWERED
-        return line
-
-    def _parse_line(self, line: bytes) -> Event | None:
-        if self.mode is InputMode.AUTH:
-            return self._parse_auth_response(line)
-        self.commands += 1
-        if self.commands > self.limits.max_commands:
-            self._queue(_reply("421", "4.7.0 Too many commands, closing connection"))
-            return None
-        verb_bytes, _, arg_bytes = line.partition(b" ")
-        if not _VERB.match(verb_bytes):
-            self._refuse("500", "5.5.2 Syntax error, command unrecognized")
-            return None
-        verb = verb_bytes.decode("ascii").upper()
-        try:
-            arg = arg_bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            self._refuse("500", "5.5.2 Invalid UTF-8 in command")
-            return None
-        if "\r" in arg or "\n" in arg or "\x00" in arg:
-            # Fix: 501 (bad argument), as for any other control character
-            # in an address; the verb itself was fine.
-            self._refuse("501", "5.5.2 Bare CR, LF or NUL in command")
-            return None
-        event = self._build_command(verb, arg.strip(" "))
-        if event is None:
-            return None
-        return self._check_sequence(event)
-
-    def _build_command(self, verb: str, arg: str) -> Event | None:
-        if verb in ("EHLO", "HELO"):
-            if not arg or " " in arg:
-                self._refuse("501", f"5.5.4 Syntax: {verb} hostname")
-                return None
-            return Ehlo(arg) if verb == "EHLO" else Helo(arg)
-        if verb == "MAIL":
-            return self._build_mail(arg)
-        if verb == "RCPT":
-            return self._build_rcpt(arg)
-        if verb == "DATA":
-            return self._no_arg(verb, arg, Data())
-        if verb == "BDAT":
-            return self._build_bdat(arg)
-        if verb == "RSET":
-            return self._no_arg(verb, arg, Rset())
-        if verb == "NOOP":
-            return Noop(arg)
-        if verb == "QUIT":
-            return self._no_arg(verb, arg, Quit())
-        if verb == "STARTTLS":
-            if "STARTTLS" not in self.extensions or self.encrypted:
-                self._refuse("500", "5.5.2 Syntax error, command unrecognized")
-                return None
-            return self._no_arg(verb, arg, StartTls())
-        if verb == "AUTH":
-            return self._build_auth(arg)
-        return UnknownCommand(verb, arg)
-
-    def _no_arg(self, verb: str, arg: str, event: Event) -> Event | None:
-        if arg:
-            self._refuse("501", f"5.5.4 Syntax: {verb} takes no arguments")
-            return None
-        return event
-
     def _check_sequence(self, event: Event) -> Event | None:
         if self.phase is Phase.REFUSED and not isinstance(event, Quit):
             self._refuse("503", "5.5.1 Bad sequence of commands")
@@ -435,234 +335,6 @@ class ServerConnection:
             self._refuse("503", "5.5.1 DATA not allowed after BDAT")
             return None
         return event
-
-    def _build_mail(self, arg: str) -> Event | None:
-        try:
-            address, rest = parse_path_argument(arg, "FROM", allow_null=True)
-            params = parse_params(rest)
-        except GrammarError as exc:
-            if exc.address:
-                self._refuse("501", f"5.1.7 Bad sender address syntax ({exc})")
-            else:
-                self._refuse("501", f"5.5.4 {exc}")
-            return None
-        if params and not self.extended:
-            self._refuse("555", "5.5.4 MAIL parameters require EHLO")
-            return None
-        problem = self._check_mail_params(params)
-        if problem is not None:
-            self._refuse(*problem)
-            return None
-        if not address.isascii() and "SMTPUTF8" not in params:
-            self._refuse("553", "5.6.7 Non-ASCII address requires SMTPUTF8")
-            return None
-        return MailFrom(address, params)
-
-    def _check_mail_params(self, params: dict[str, str | bool]) -> tuple[str, str] | None:
-        for key, value in params.items():
-            if key == "SIZE":
-                problem = self._check_size(value)
-            elif key == "BODY":
-                body = value.upper() if isinstance(value, str) else ""
-                ok = body == "7BIT" or (body == "8BITMIME" and "8BITMIME" in self.extensions)
-                problem = None if ok else ("501", "5.5.4 Unsupported BODY parameter")
-            elif key in _EXTENSION_PARAMS:
-                problem = self._check_extension_param(key, value)
-            else:
-                problem = ("555", f"5.5.4 Unsupported parameter {key}")
-            if problem is not None:
-                return problem
-        return None
-
-    def _check_size(self, value: str | bool) -> tuple[str, str] | None:
-        if not isinstance(value, str) or not (value.isascii() and value.isdigit()) or len(value) > 18:
-            return ("501", "5.5.4 Invalid SIZE parameter")
-        limit = self.limits.max_message_size
-        if limit is not None and int(value) > limit:
-            return ("552", f"5.3.4 Message size exceeds fixed limit of {limit} octets")
-        return None
-
-    def _check_extension_param(self, key: str, value: str | bool) -> tuple[str, str] | None:
-        """A MAIL parameter that is valid only when its extension is offered."""
-        extension, needs_flag, needs_tls = _EXTENSION_PARAMS[key]
-        # AUTH= (RFC 4954 5) is passed on to hooks unchanged and trusted only
-        # from authenticated clients; REQUIRETLS (RFC 8689) is offered, and
-        # so accepted, only over TLS; the handlers decide what to do with it.
-        if (
-            extension not in self.extensions
-            or (needs_flag and value is not True)
-            or (needs_tls and not self.encrypted)
-        ):
-            return ("555", f"5.5.4 {key} parameter not supported")
-        return None
-
-    def _build_rcpt(self, arg: str) -> Event | None:
-        try:
-            address, rest = parse_path_argument(arg, "TO", allow_null=False)
-            params = parse_params(rest)
-        except GrammarError as exc:
-            if exc.address:
-                self._refuse("501", f"5.1.3 Bad recipient address syntax ({exc})")
-            else:
-                self._refuse("501", f"5.5.4 {exc}")
-            return None
-        for key in params:
-            if key not in ("NOTIFY", "ORCPT") or "DSN" not in self.extensions:
-                self._refuse("555", f"5.5.4 Unsupported parameter {key}")
-                return None
-        if not address.isascii() and not self._smtputf8:
-            self._refuse("553", "5.6.7 Non-ASCII address requires SMTPUTF8")
-            return None
-        return RcptTo(address, params)
-
-    def _build_auth(self, arg: str) -> Event | None:
-        if "AUTH" not in self.extensions or not self.auth_mechanisms:
-            self._refuse("500", "5.5.2 Syntax error, command unrecognized")
-            return None
-        # RFC 4954 4: AUTH needs an EHLO session and no open transaction.
-        if self.phase is not Phase.IDLE or self.authenticated or not self.extended:
-            self._refuse("503", "5.5.1 Bad sequence of commands")
-            return None
-        mechanism, _, initial = arg.partition(" ")
-        mechanism = mechanism.upper()
-        if not mechanism or " " in initial.strip():
-            self._refuse("501", "5.5.4 Syntax: AUTH mechanism [initial-response]")
-            return None
-        if mechanism not in self.auth_mechanisms:
-            self._refuse("504", "5.5.4 Unrecognized authentication type")
-            return None
-        if mechanism in _INSECURE_MECHANISMS and not self.encrypted:
-            self._refuse(
-                "538",
-                "5.7.11 Encryption required for requested authentication mechanism",
-            )
-            return None
-        initial = initial.strip()
-        return Auth(mechanism, None if not initial else ("" if initial == "=" else initial))
-
-    def _parse_auth_response(self, line: bytes) -> Event | None:
-        text = line.decode("ascii", "replace").strip()
-        if text == "*":
-            # RFC 4954 4: the client cancelled the exchange.
-            self.mode = InputMode.COMMAND
-            # A cancelled exchange counts as a failed attempt, so a client
-            # cannot probe passwords for free by cancelling.
-            self.auth_failures += 1
-            if self.auth_failures >= self.limits.max_auth_failures:
-                self._queue(_reply("501", "5.7.0 Authentication cancelled"))
-                self._queue(_reply("421", "4.7.0 Too many failed authentication attempts"))
-                return None
-            self._refuse("501", "5.7.0 Authentication cancelled")
-            return None
-        return AuthResponse(text)
-
-    def _build_bdat(self, arg: str) -> Event | None:
-        if "CHUNKING" not in self.extensions:
-            self._refuse("500", "5.5.2 Syntax error, command unrecognized")
-            return None
-        match = _BDAT_ARGS.match(arg)
-        if not match:
-            # We cannot know how many octets follow; they will be read as
-            # (bad) commands and count towards the error limit.
-            self._refuse("501", "5.5.4 Syntax: BDAT size [LAST]")
-            return None
-        size = int(match.group(1))
-        last = match.group(2) is not None
-        allowed = self.phase in (Phase.RCPT, Phase.BDAT)
-        first = self.phase is Phase.RCPT
-        if first:
-            self._message.clear()
-            self._message_too_big = False
-        # The chunk's octets are on the wire whatever we think of the
-        # command: always consume exactly ``size`` of them, never parse them.
-        self._bdat_header = (size, last, first, allowed)
-        self._bdat_remaining = size
-        self.mode = InputMode.BDAT
-        return None
-
-    def _read_bdat(self) -> Event | _NeedData | None:
-        assert self._bdat_header is not None
-        size, last, first, allowed = self._bdat_header
-        take = min(self._bdat_remaining, len(self._buf))
-        if take:
-            if allowed and not self._message_too_big:
-                self._message += memoryview(self._buf)[:take]
-                limit = self.limits.max_message_size
-                if limit is not None and len(self._message) > limit:
-                    self._message_too_big = True
-                    self._message.clear()
-            del self._buf[:take]
-            self._bdat_remaining -= take
-        if self._bdat_remaining:
-            return NEED_DATA
-        self.mode = InputMode.COMMAND
-        self._bdat_header = None
-        if not allowed:
-            self._refuse("503", "5.5.1 Bad sequence of commands")
-            return None
-        if last and self._message_too_big:
-            return Bdat(size, last, first, None, _too_big_reply(self.limits.max_message_size))
-        if last:
-            return Bdat(size, last, first, self.take_message())
-        return Bdat(size, last, first)
-
-    def _read_data(self) -> Event | _NeedData:
-        buf = self._buf
-        # The buffer starts with a virtual CRLF (added on entering DATA), so
-        # a message ended by a lone ".\r\n" on its first line is found too.
-        end = buf.find(END_OF_DATA, self._scan_from)
-        if end < 0:
-            limit = self.limits.max_message_size
-            # Stuffed dots may make the raw data a little larger than the
-            # message; the exact check happens after unstuffing.
-            if limit is not None and len(buf) > limit + limit // 8 + 1024:
-                self._message_too_big = True
-                del buf[:-4]
-            self._scan_from = max(0, len(buf) - 4)
-            return NEED_DATA
-        self.mode = InputMode.COMMAND
-        self._scan_from = 0
-        too_big = self._message_too_big
-        self._message_too_big = False
-        if too_big:
-            del buf[: end + 5]
-            return MessageReceived(None, _too_big_reply(self.limits.max_message_size))
-        raw = bytes(memoryview(buf)[2 : end + 2])
-        del buf[: end + 5]
-        strict = self.limits.bare_line_endings == "reject"
-        # In strict mode also refuse the rest of the smuggling corpus
-        # (RELIABILITY R2): a NUL (never valid in RFC 5322 text) and a line
-        # starting with one dot the client did not stuff ("\r\n. \r\n"), both
-        # of which some other MTAs take for the end of data.
-        suspicious = strict and b"\x00" in raw
-        if raw[:1] == b"." or b"\r\n." in raw:
-            if strict and not suspicious:
-                # Every "\r\n." must be the start of a stuffed "\r\n.." (the
-                # occurrences cannot overlap, so equal counts mean all are).
-                unstuffed = raw.count(b"\r\n.") != raw.count(b"\r\n..")
-                suspicious = unstuffed or (raw[:1] == b"." and raw[1:2] != b".")
-            # RFC 5321 4.5.2 drops the first character of *every* line that
-            # starts with a dot (not only of ".." lines).
-            raw = raw.replace(b"\r\n.", b"\r\n")
-            if raw[:1] == b".":
-                raw = raw[1:]
-        limit = self.limits.max_message_size
-        if limit is not None and len(raw) > limit:
-            return MessageReceived(None, _too_big_reply(limit))
-        crlf = raw.count(CRLF)
-        if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
-            if strict:
-                return MessageReceived(
-                    None,
-                    _reply("550", "5.5.2 Message contains bare CR or LF characters"),
-                )
-            raw = _BARE_EOL.sub(CRLF, raw)
-        if suspicious:
-            return MessageReceived(
-                None,
-                _reply("550", "5.5.2 Message contains NUL or an unstuffed leading dot"),
-            )
-        return MessageReceived(raw)
 
     # -- internals: applying replies -----------------------------------------------
 
@@ -742,7 +414,3 @@ class ServerConnection:
         self._smtputf8 = False
         self._message.clear()
         self._message_too_big = False
-
-
-def _too_big_reply(limit: int | None) -> Reply:
-    return _reply("552", f"5.3.4 Message size exceeds fixed limit of {limit} octets")
