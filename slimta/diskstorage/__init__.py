@@ -73,6 +73,12 @@ the header section as :meth:`~slimta.envelope.Envelope.flatten` writes it
 The ``M`` document has ``id``, ``timestamp`` (next attempt), ``attempts``,
 ``rcpt_count``, ``delivered`` (indexes into the stored recipient list) and
 ``last_error``; its data is empty.
+
+What lives where: this module holds :class:`DiskStorage`'s work on the hub
+(the metadata cache, per-id locks, group commit, error replies, logging);
+the file steps it runs in worker threads (durable writes, unlinks, reads,
+quarantine, the start-up scan) are inherited from ``_files.py``, and the
+record format (encoding, decoding, the CRC) is in ``_format.py``.
 """
 
 from __future__ import annotations
@@ -84,18 +90,16 @@ import functools
 import itertools
 import logging
 import os
-import re
-import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import gevent
 from gevent.lock import Semaphore
 
 from slimta import logging as slimta_logging
 from slimta.diskstorage import _format
-from slimta.diskstorage._format import RecordError, StoredMeta
+from slimta.diskstorage._files import _ENV, _ID, _META, _TMP, SpoolFilesMixin
+from slimta.diskstorage._format import StoredMeta
 from slimta.envelope import EnvelopeError
 from slimta.queue import QueueEntry, QueueError, QueueStorage
 from slimta.smtp.reply import Reply
@@ -109,15 +113,11 @@ __all__ = ["DiskStorage", "DiskStorageError"]
 _log = slimta_logging.getQueueStorageLogger(__name__)
 _errors = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
 # The reply for a full or failing disk (RFC 3463 X.3.1).
 _NO_SPACE = Reply("452", "4.3.1 Insufficient system storage")
 _FAILED = Reply("451", "4.3.0 Error queuing message, try again later")
 _UNSTORABLE = Reply("554", "5.6.0 Message could not be stored")
 _SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
-_ID = re.compile(r"[0-9a-f]{32}\Z")
-_ENV, _META, _TMP = ".env", ".meta", ".tmp"
 
 
 class DiskStorageError(QueueError):
@@ -129,14 +129,7 @@ class DiskStorageError(QueueError):
     """
 
 
-def _capture(func: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
-    try:
-        return True, func(*args)
-    except Exception as exc:  # noqa: BLE001 - re-raised by DiskStorage._call
-        return False, exc
-
-
-class DiskStorage(QueueStorage):
+class DiskStorage(QueueStorage, SpoolFilesMixin):
     """A :class:`~slimta.queue.QueueStorage` in files, fsync'd before replying.
 
     Args:
@@ -219,114 +212,8 @@ class DiskStorage(QueueStorage):
         count steps or to crash the process at a chosen one (crash tests).
         """
 
-    # -- low-level operations (run in the thread pool) ----------------------------
-
-    def _call(self, func: Callable[..., _T], *args: Any) -> _T:
-        # Errors come back as values: gevent's thread pool would print the
-        # traceback of an exception raised in a worker (a KeyError for an
-        # unknown id, ENOSPC on a full disk) before passing it on.
-        ok, value = gevent.get_hub().threadpool.apply(_capture, (func, args))
-        if ok:
-            result: _T = value
-            return result
-        raise value
-
-    def _fsync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.checkpoint("dirsync", path)
-
-    def _put_file(self, tmp: str, final: str, data: bytes) -> None:
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                self.write_data(fd, data)
-                self.checkpoint("write", tmp)
-                os.fsync(fd)
-                self.checkpoint("fsync", tmp)
-            finally:
-                os.close(fd)
-            os.rename(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self.checkpoint("rename", final)
-
-    def _create_envelope(self, envelope: Envelope, timestamp: float, tmp_id: str, sync: bool) -> str:
-        while True:
-            id_ = uuid.uuid4().hex
-            final = os.path.join(self.env_dir, id_ + _ENV)
-            if not os.path.lexists(final):
-                break
-        data = _format.encode_envelope(id_, envelope, timestamp)
-        self._put_file(tmp_id, final, data)
-        if sync:
-            try:
-                self._fsync_dir(self.env_dir)
-            except OSError:
-                self._take_back(final)
-                raise
-        return id_
-
-    def _take_back(self, path: str) -> None:
-        # The directory fsync failed, so the client is not told 250 and will
-        # send again: take the file back rather than risk a duplicate.
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-    def _replace_meta(self, tmp: str, final: str, data: bytes, sync: bool) -> None:
-        self._put_file(tmp, final, data)
-        if sync:
-            self._fsync_dir(self.meta_dir)
-
-    def _remove_files(self, id_: str, meta_file: bool, env_file: bool, sync: bool) -> list[str]:
-        # The meta file goes first: a crash in between leaves an envelope
-        # that is delivered again, never a meta file without its envelope.
-        dirty = []
-        for directory, path, maybe in (
-            (self.meta_dir, os.path.join(self.meta_dir, id_ + _META), meta_file),
-            (self.env_dir, os.path.join(self.env_dir, id_ + _ENV), env_file),
-        ):
-            if maybe and self._unlink(path):
-                if sync:
-                    self._fsync_dir(directory)
-                else:
-                    dirty.append(directory)
-        return dirty
-
-    def _unlink(self, path: str) -> bool:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return False
-        self.checkpoint("unlink", path)
-        return True
-
-    def _read(self, path: str) -> bytes | None:
-        try:
-            with open(path, "rb") as file:
-                return file.read()
-        except FileNotFoundError:
-            return None
-
-    def _quarantine(self, path: str) -> str:
-        base = os.path.join(self.quarantine_dir, os.path.basename(path))
-        dest = base
-        for n in itertools.count(1):
-            if not os.path.lexists(dest):
-                break
-            dest = f"{base}.{n}"
-        try:
-            os.rename(path, dest)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            shutil.move(path, dest)  # quarantine_dir on another filesystem
-        return dest
+    # The low-level operations, run in the thread pool, are in
+    # SpoolFilesMixin (_files.py).
 
     # -- helpers on the hub --------------------------------------------------------
 
@@ -399,31 +286,6 @@ class DiskStorage(QueueStorage):
         if meta is None:
             _, meta = self._read_entry(id_, need_envelope=False)
         return meta
-
-    def _read_job(
-        self, id_: str, need_envelope: bool, read_meta: bool
-    ) -> tuple[Envelope | None, StoredMeta, str | None, str | None]:
-        # One trip to the thread pool: read and check the envelope and, if
-        # asked, the meta file.  Returns (envelope, meta, envelope problem,
-        # meta problem); the caller quarantines on the hub.
-        raw = self._read(os.path.join(self.env_dir, id_ + _ENV))
-        if raw is None:
-            raise KeyError(id_)
-        envelope: Envelope | None = None
-        try:
-            if need_envelope:
-                envelope, meta = _format.decode_envelope(raw, id_)
-            else:
-                meta = _format.envelope_meta(raw, id_)
-        except RecordError as exc:
-            return None, StoredMeta(0.0), str(exc), None
-        meta_raw = self._read(os.path.join(self.meta_dir, id_ + _META)) if read_meta else None
-        if meta_raw is not None:
-            try:
-                meta = _format.decode_meta(meta_raw, id_)
-            except RecordError as exc:
-                return envelope, meta, None, str(exc)
-        return envelope, meta, None, None
 
     def _read_entry(self, id_: str, *, need_envelope: bool = True) -> tuple[Envelope | None, StoredMeta]:
         if not _ID.match(id_):
@@ -553,51 +415,6 @@ class DiskStorage(QueueStorage):
         for id_, meta in found.items():
             self._cache.setdefault(id_, meta)
         return sorted((self._cache[id_].timestamp, id_) for id_ in found if id_ in self._cache)
-
-    def _ids(self, path: str, suffix: str) -> set[str]:
-        return {name[: -len(suffix)] for name in os.listdir(path) if name.endswith(suffix)}
-
-    def _scan(self, inflight: frozenset[str]) -> tuple[dict[str, StoredMeta], list[tuple[str, str]], int]:
-        cleaned = 0
-        for name in os.listdir(self.tmp_dir):
-            path = os.path.join(self.tmp_dir, name)
-            if name.endswith(_TMP) and path not in inflight and self._unlink(path):
-                cleaned += 1
-        env_ids = self._ids(self.env_dir, _ENV)
-        meta_ids = self._ids(self.meta_dir, _META)
-        found: dict[str, StoredMeta] = {}
-        problems = [
-            (os.path.join(self.meta_dir, id_ + _META), "meta file without an envelope")
-            for id_ in sorted(meta_ids - env_ids)
-        ]
-        for id_ in sorted(env_ids):
-            env_path = os.path.join(self.env_dir, id_ + _ENV)
-            meta_path = os.path.join(self.meta_dir, id_ + _META)
-            cached = self._cache.get(id_)
-            if cached is not None:
-                found[id_] = cached
-                continue
-            try:
-                raw = self._read(env_path)
-                if raw is None:
-                    continue  # removed meanwhile
-                if not _ID.match(id_):
-                    raise RecordError("file name is not a spool id")
-                meta = _format.envelope_meta(raw, id_)
-            except RecordError as exc:
-                problems.append((env_path, str(exc)))
-                if id_ in meta_ids:
-                    problems.append((meta_path, "its envelope was damaged"))
-                continue
-            if id_ in meta_ids:
-                meta_raw = self._read(meta_path)
-                try:
-                    if meta_raw is not None:
-                        meta = _format.decode_meta(meta_raw, id_)
-                except RecordError as exc:
-                    problems.append((meta_path, f"{exc}; the envelope restarts from its initial metadata"))
-            found[id_] = meta
-        return found, problems, cleaned
 
     def get_info(self) -> dict[str, Any]:
         """Return ``size`` (envelopes), ``meta_size`` and ``quarantined`` file counts."""
