@@ -43,6 +43,11 @@ and a client that disconnects mid-body gets nothing queued.  A refused body
 is not drained without bound: the connection is closed instead (a declared
 length of at most twice ``max_size`` is read and dropped first, so a client
 still sending it sees the ``413`` rather than a reset).
+
+:class:`WsgiResponse` and the HTTP helpers (reply to status, CGI header
+names, abandoning a body) live in ``slimta.edge._wsgihttp`` and
+:class:`WsgiResponse` is re-exported here; this module keeps the edge and
+its validators.
 """
 
 from __future__ import annotations
@@ -54,16 +59,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import gevent
 from gevent import Timeout
-from gevent.pywsgi import Input as _GeventInput
 
 from slimta import logging as slimta_logging
 from slimta.core import SlimtaError
 from slimta.edge import Edge, EdgeServer
 from slimta.envelope import Envelope, EnvelopeError
-from slimta.http import _reply
 from slimta.http.wsgi import WsgiServer
 from slimta.smtp._grammar import GrammarError, parse_path_argument
 from slimta.smtp.reply import Reply
+
+from ._wsgihttp import WsgiResponse, _abandon_input, _bad_request, _header_name_to_cgi, _smtp_response
 
 if TYPE_CHECKING:
     import ssl
@@ -81,81 +86,6 @@ DEFAULT_MAX_SIZE = 10240000
 
 _READ_SIZE = 65536
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class WsgiResponse(SlimtaError):
-    """Raise this (from a validator, say) to end a request with a response.
-
-    Args:
-        status: The HTTP status line, e.g. ``'403 Forbidden'``.
-        headers: ``(name, value)`` response headers.
-        data: The response body: bytes, or an iterable of bytes.
-
-    Attributes:
-        status: The status given.
-        headers: The list of headers.
-        data: The body, as a list of bytes.
-    """
-
-    def __init__(
-        self,
-        status: str,
-        headers: Sequence[tuple[str, str]] | None = None,
-        data: bytes | Iterable[bytes] | None = None,
-    ) -> None:
-        super().__init__(status)
-        self.status = status
-        self.headers: list[tuple[str, str]] = list(headers or [])
-        if data is None:
-            self.data: list[bytes] = []
-        elif isinstance(data, bytes | bytearray):
-            self.data = [bytes(data)]
-        else:
-            self.data = list(data)
-
-
-def _header_name_to_cgi(name: str) -> str:
-    return "HTTP_" + name.upper().replace("-", "_")
-
-
-def _status_for(reply: Reply) -> str:
-    code = reply.code or "451"
-    if code[0] == "2":
-        return "204 No Content"
-    if code[0] == "4":
-        return "503 Service Unavailable"
-    if code == "535":
-        return "401 Unauthorized"
-    return "500 Internal Server Error"
-
-
-def _smtp_response(reply: Reply, status: str | None = None) -> WsgiResponse:
-    """Build the response carrying ``reply``; the status follows its code."""
-    status = status or _status_for(reply)
-    headers = [(_reply.HEADER, _reply.format_reply(reply))]
-    if status.startswith("204"):
-        return WsgiResponse(status, headers)
-    body = (reply.message or "").encode("ascii", "replace") + b"\n"
-    headers.append(("Content-Type", "text/plain"))
-    return WsgiResponse(status, headers, body)
-
-
-def _bad_request(code: str, message: str) -> WsgiResponse:
-    return _smtp_response(Reply(code, message), "400 Bad Request")
-
-
-def _abandon_input(environ: dict[str, Any]) -> None:
-    """Make gevent's server close the connection instead of draining the body.
-
-    After the application returns, gevent.pywsgi reads and discards whatever
-    is left of the request body so the connection can carry another request.
-    For a body we refused (too large, too slow, broken) that could be
-    unbounded, so mark it consumed; the response says ``Connection: close``.
-    """
-    stream = environ.get("wsgi.input")
-    if isinstance(stream, _GeventInput):
-        stream.chunked_input = False
-        stream.content_length = stream.position
 
 
 class WsgiEdge(EdgeServer, WsgiServer):
