@@ -32,23 +32,29 @@ its greenlet end after :meth:`Server.park`, which watches the socket and the
 deadline from the event loop and calls back when there is work again.  The
 sans-IO core keeps the whole session state, so an idle session costs no
 greenlet and no stack.
+
+Where things live: this module keeps :class:`Server`'s public methods, the
+session loop and the hook call for each command.  Two private mixins, which
+:class:`Server` inherits so that no call layer is added, hold the rest:
+:mod:`slimta.smtp._reading` (deadlines, read timers, the wait before
+parking) and :mod:`slimta.smtp._tls_auth` (the STARTTLS handshake and the
+AUTH exchange).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import socket as _socket
 import time
 from typing import TYPE_CHECKING, Any
 
 import gevent
-import gevent.socket
 from gevent import Timeout
 
 from slimta.smtp import ConnectionLost, MessageTooBig, SmtpError
-from slimta.smtp.auth import SERVER_MECHANISMS, Challenge, Failure, ServerMechanism, Success, server_mechanism
+from slimta.smtp._reading import _Parked, _Reading, _ReadTimer
+from slimta.smtp._tls_auth import _TlsAuth
+from slimta.smtp.auth import SERVER_MECHANISMS, ServerMechanism
 from slimta.smtp.extensions import Extensions
 from slimta.smtp.io import IO
 from slimta.smtp.protocol import (
@@ -73,7 +79,7 @@ from slimta.smtp.protocol import (
     StartTls,
     UnknownCommand,
 )
-from slimta.smtp.reply import TIMED_OUT, UNHANDLED_ERROR, UNKNOWN_COMMAND, Reply
+from slimta.smtp.reply import UNHANDLED_ERROR, UNKNOWN_COMMAND, Reply
 
 if TYPE_CHECKING:
     import ssl
@@ -99,7 +105,7 @@ _RESERVED_HOOKS = frozenset(
 _log = logging.getLogger(__name__)
 
 
-class Server:
+class Server(_TlsAuth, _Reading):
     """Run one SMTP server session over a connected socket.
 
     Args:
@@ -312,42 +318,6 @@ class Server:
 
     # -- parking ---------------------------------------------------------------
 
-    def _recv_before_parking(self, conn: ServerConnection) -> bytes | None:
-        """Wait :attr:`park_after` seconds in the greenlet; None: park now.
-
-        Parking costs a greenlet per wake-up, so only a session that stays
-        idle for a while is parked: an active client's next command usually
-        arrives within milliseconds.
-        """
-        if self.park_after <= 0:
-            return None
-        timeout, _ = self._read_timeout(conn)
-        if timeout <= self.park_after:
-            return self._recv(conn)
-        timer = self._park_timer
-        if timer is None:
-            timer = self._park_timer = _ReadTimer(self.park_after)
-        timer.arm()
-        try:
-            return self.io.recv()
-        except _ReadTimedOut as exc:
-            if exc is not timer.expired:
-                raise
-            # The reused exception would otherwise keep this greenlet's
-            # frames alive, through its traceback, while the session parks.
-            exc.__traceback__ = None
-            return None
-        except TimeoutError:
-            self._send_timeout()
-            raise ConnectionLost("Timed out waiting for the client") from None
-        finally:
-            timer.disarm()
-
-    def _parkable(self) -> bool:
-        # Decrypted TLS data may wait inside the SSL object with nothing
-        # left to read on the socket: only an empty SSL buffer can park.
-        return not self.io.encrypted or not self.io.socket.pending()
-
     def park(self, wake: Callable[[Server, bool], None]) -> Any:
         """Wait for input (or the deadline) from the event loop, not a greenlet.
 
@@ -393,96 +363,6 @@ class Server:
         conn.receive_data(self._recv(conn))
         return self._loop(conn, True)
 
-    # -- reading -----------------------------------------------------------------
-
-    def _read_timeout(self, conn: ServerConnection) -> tuple[float, bool]:
-        """Seconds left for the read about to start, and whether they are fresh.
-
-        Fresh means a new, uncapped command deadline, served by the shared
-        timer of the session.
-        """
-        now = time.monotonic()
-        fresh = False
-        if conn.in_data:
-            # Fix: data_timeout bounds the whole of a message's data, as
-            # documented, not each read: a client trickling one octet per
-            # read used to keep the session alive for ever (slowloris).
-            if self._data_deadline is None:
-                self._data_deadline = now + self.data_timeout
-                self._data_started = now
-                self._data_octets = 0
-            deadline = self._data_deadline
-            rate = self.min_data_rate
-            if rate:
-                # Postfix's smtpd_min_data_rate: every octet received buys
-                # 1/rate seconds more, after a grace period.
-                earned = self._data_started + self.data_rate_grace + self._data_octets / rate
-                deadline = min(deadline, earned)
-        else:
-            if self._deadline_events != self._events:
-                # A command was answered since the deadline was set: the next
-                # one gets a fresh command_timeout.  Partial lines do not
-                # renew it (one octet every few seconds is a slowloris).
-                self._deadline_events = self._events
-                self._command_deadline = now + self.command_timeout
-                fresh = True
-            deadline = self._command_deadline
-        if self.session_timeout is not None:
-            end = self._started + self.session_timeout
-            if end < deadline:
-                deadline, fresh = end, False
-        return (self.command_timeout if fresh else deadline - now), fresh
-
-    def _check_early_talker(self) -> bool:
-        """True if the client sent something before our banner."""
-        sock = self.io.socket
-        if self.greet_pause > 0:
-            with contextlib.suppress(OSError):
-                gevent.socket.wait_read(sock.fileno(), self.greet_pause)
-        if self.encrypted:
-            return bool(sock.pending())
-        previous = sock.gettimeout()
-        try:
-            sock.settimeout(0)
-            return bool(sock.recv(1, _socket.MSG_PEEK))
-        except OSError:
-            return False
-        finally:
-            sock.settimeout(previous)
-
-    def _recv(self, conn: ServerConnection) -> bytes:
-        timeout, fresh = self._read_timeout(conn)
-        if timeout <= 0:
-            self._send_timeout()
-            raise ConnectionLost("Timed out waiting for the client")
-        # One re-armed timer serves every fresh command deadline of the
-        # session (a new Timeout object per read was a measurable share of a
-        # small message's CPU); other reads use their remaining time.
-        timer = self._command_timer if fresh else _ReadTimer(timeout)
-        timer.arm()
-        try:
-            data = self.io.recv()
-        except _ReadTimedOut as exc:
-            if exc is not timer.expired:
-                raise
-            self._send_timeout()
-            raise ConnectionLost("Timed out waiting for the client") from None
-        except TimeoutError:
-            # A timeout the caller set on the socket itself.
-            self._send_timeout()
-            raise ConnectionLost("Timed out waiting for the client") from None
-        finally:
-            timer.disarm()
-            if timer is not self._command_timer:
-                timer.close()
-        if conn.in_data:
-            self._data_octets += len(data)
-        return data
-
-    def _send_timeout(self) -> None:
-        with contextlib.suppress(ConnectionLost):
-            self.io.send(TIMED_OUT.to_bytes())
-
     # -- helpers ------------------------------------------------------------------
 
     def _call(self, which: str, *args: Any) -> Any:
@@ -525,75 +405,6 @@ class Server:
         reply = Reply("250", f"{self.hostname} Hello {event.hostname}")
         reply.enhanced_status_code = False
         self._call("HELO", reply, event.hostname)
-        self._reply(reply)
-
-    def _on_starttls(self, event: StartTls) -> None:
-        assert self.conn is not None
-        reply = Reply("220", "2.7.0 Go ahead")
-        self._call("STARTTLS", reply, self.extensions)
-        self._reply(reply)
-        if reply.code != "220":
-            return
-        self.io.send(self.conn.data_to_send())
-        if self.conn.discarded_plaintext:
-            _log.warning(
-                "discarded %d octets sent before the TLS handshake by %s",
-                self.conn.discarded_plaintext,
-                self.address,
-            )
-        if not self._encrypt():
-            raise ConnectionLost("TLS handshake failed")
-        self.conn.tls_established()
-        self.extensions.drop("STARTTLS")
-
-    def _encrypt(self) -> bool:
-        assert self.context is not None
-        try:
-            with Timeout(self.command_timeout):
-                ok = self.io.encrypt_socket_server(self.context)
-        except Timeout:
-            ok = False
-        if ok:
-            if self.offer_requiretls:
-                # RFC 8689: REQUIRETLS is advertised only over TLS.
-                self.extensions.add("REQUIRETLS")
-            self._call("TLSHANDSHAKE")
-            self._call("TLSHANDSHAKE2", self.io.socket)
-        return ok
-
-    def _on_auth(self, event: Auth) -> None:
-        if self.auth_gate is not None:
-            refusal = self.auth_gate()
-            if refusal is not None:
-                self._reply(refusal)
-                return
-        self._auth_mechanism = server_mechanism(event.mechanism, self.hostname)
-        self.io.auth_exchange(True)
-        self._auth_step(self._auth_mechanism.start(event.initial_response))
-
-    def _on_auth_response(self, event: AuthResponse) -> None:
-        if self._auth_mechanism is None:  # pragma: no cover - the core prevents it
-            self._send_canned(UNKNOWN_COMMAND)
-            return
-        self._auth_step(self._auth_mechanism.respond(event.data))
-
-    def _auth_step(self, step: Challenge | Success | Failure) -> None:
-        if isinstance(step, Challenge):
-            self._reply(Reply("334", step.text))
-            return
-        self._auth_mechanism = None
-        self.io.auth_exchange(False)
-        if isinstance(step, Failure):
-            self._reply(Reply(step.code, step.message))
-            return
-        reply = Reply("535", "5.7.8 Authentication credentials invalid")
-        step.credentials.offload = _in_threadpool
-        if hasattr(self.handlers, "AUTH"):
-            # The handler decides: it starts from success and refuses by
-            # changing the reply.  Without a handler nobody can verify the
-            # credentials, so authentication fails closed.
-            reply = Reply("235", "2.7.0 Authentication successful")
-            self._call("AUTH", reply, step.credentials)
         self._reply(reply)
 
     def _on_mail(self, event: MailFrom) -> None:
@@ -676,70 +487,6 @@ _DISPATCH: dict[type, Callable[[Server, Any], None]] = {
     Quit: Server._on_quit,
     UnknownCommand: Server._on_unknown,
 }
-
-
-class _ReadTimedOut(BaseException):
-    """Thrown into a session blocked in a read past its deadline.
-
-    A BaseException, like :class:`gevent.Timeout`, so that no handler's
-    ``except Exception`` can swallow it.
-    """
-
-
-class _ReadTimer:
-    """A timer re-armed for each read of one session, then closed.
-
-    Restarting one libev timer costs a fraction of creating a
-    :class:`gevent.Timeout` per read.
-    """
-
-    __slots__ = ("expired", "timer")
-
-    def __init__(self, seconds: float) -> None:
-        self.timer = gevent.get_hub().loop.timer(seconds, seconds)
-        self.expired = _ReadTimedOut(f"read timed out after {seconds} s")
-
-    def arm(self) -> None:
-        self.timer.again(gevent.getcurrent().throw, self.expired, update=True)
-
-    def disarm(self) -> None:
-        self.timer.stop()
-
-    def close(self) -> None:
-        self.timer.close()
-
-
-class _Parked:
-    """A parked session's two watchers; the first to fire wakes the session."""
-
-    __slots__ = ("server", "timer", "wake", "watcher")
-
-    def __init__(
-        self, server: Server, watcher: Any, timer: Any, wake: Callable[[Server, bool], None]
-    ) -> None:
-        self.server = server
-        self.watcher = watcher
-        self.timer = timer
-        self.wake = wake
-
-    def fire(self, timed_out: bool) -> None:
-        self.watcher.stop()
-        self.watcher.close()
-        self.timer.stop()
-        if self.timer is not self.server._command_timer.timer:
-            self.timer.close()
-        self.wake(self.server, timed_out)
-
-    def cancel(self) -> None:
-        """Stop watching without waking (the edge is shutting down)."""
-        self.watcher.stop()
-        self.watcher.close()
-        self.timer.stop()
-
-
-def _in_threadpool(func: Callable[..., bool], *args: Any) -> bool:
-    """Run a CPU-bound check (password hashing) off the gevent hub."""
-    return bool(gevent.get_hub().threadpool.apply(func, args))
 
 
 def _with_size(limits: SmtpLimits, size: int) -> SmtpLimits:
