@@ -40,3 +40,17 @@ suppress_warnings = ["ref.python"]
 html_theme = "alabaster"
 exclude_patterns = ["_build", "_ext"]
 html_static_path = ["_static"]
+
+
+def _public_bases(app: object, name: str, obj: object, options: object, bases: list[type]) -> None:
+    """Leave private mixins (``_Framing``, ``_Reading``...) out of "Bases:" lines.
+
+    They only split big classes into modules; a reader of the API needs the
+    public bases.  A class whose bases are all private shows none.
+    """
+    bases[:] = [base for base in bases if not base.__name__.startswith("_")]
+
+
+def setup(app: object) -> None:
+    """Sphinx extension hook of this configuration."""
+    app.connect("autodoc-process-bases", _public_bases)  # type: ignore[attr-defined]

@@ -13,9 +13,6 @@ import them from there.  This code is on the hot path (a call per command),
 so it was moved here as is, with no wrappers in between.
 """
 
-# The 4.0 hook names (EHLO, MAIL, ...), documented on the class.
-# ruff: noqa: N802
-
 from __future__ import annotations
 
 import time
