@@ -492,6 +492,11 @@ class Envelope:
         Returns:
             ``True`` when a header name or text value is not pure ASCII.
         """
+        raw = self._header_bytes
+        if raw is not None:
+            # Not parsed yet (a relay asks this of every message): the
+            # received bytes answer without building the Message.
+            return not raw.isascii()
         if self.headers is None:
             return False
         return any(_is_8bit_field(name, value) for name, value in self.headers.raw_items())

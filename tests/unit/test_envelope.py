@@ -883,3 +883,28 @@ def test_prepend_keeps_an_unparsed_section_unparsed() -> None:
     header, _ = env.flatten()
     assert header.startswith(b"DKIM-Signature: v=1; a=ed25519-sha256;\r\n\tb=xyz\r\nReceived: from a by b;")
     assert env.count_headers("Received") == 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Subject: plain\r\n\r\nbody\r\n",
+        b"Subject: caf\xc3\xa9\r\n\r\nbody\r\n",
+        b"X-L1: \xe9t\xe9\r\n\r\nbody\r\n",
+        b"Subject: folded\r\n  caf\xc3\xa9\r\n\r\n",
+        b"Subject: plain\r\n\r\nbody caf\xc3\xa9\r\n",
+        b"",
+    ],
+)
+def test_has_8bit_headers_same_before_and_after_parsing(raw: bytes) -> None:
+    # Unparsed, the answer comes from the received bytes; it must be the
+    # one the parsed fields give, and asking must not parse.
+    unparsed = Envelope()
+    unparsed.parse(raw)
+    answer = unparsed.has_8bit_headers()
+    assert unparsed._headers is None
+    parsed = Envelope()
+    parsed.parse(raw)
+    assert parsed.headers is not None
+    assert parsed.has_8bit_headers() == answer
+    assert answer == (not raw.split(b"\r\n\r\n", 1)[0].isascii())
