@@ -28,6 +28,7 @@ import pytest
 from gevent import subprocess
 
 from slimta.app.config import DEFAULT_CONFIG
+from tests.strace import syscalls
 
 from .conftest import _env, free_port, wait_port
 
@@ -104,9 +105,6 @@ def _queued(directory: Path) -> list[str]:
     return [name for name in os.listdir(spool) if name.endswith(".env")] if spool.is_dir() else []
 
 
-_LINE = re.compile(r"^(\d+)\s+(.*)$")
-
-
 def _maildir_order_violations(trace: str, new_dir: str) -> tuple[int, int]:
     """Count 250s after DATA not covered by as many durable Maildir files.
 
@@ -115,39 +113,22 @@ def _maildir_order_violations(trace: str, new_dir: str) -> tuple[int, int]:
     2.6.0`` must come after at least k durable files.
     """
     tmp_dir = new_dir[: -len("new")] + "tmp"
-    fds: dict[str, str] = {}
-    pending: dict[str, str] = {}
     synced: set[str] = set()
     linked: list[int] = []  # event indexes of links of fsync'd files
     dir_syncs: list[int] = []
     checked = violations = 0
-    for index, raw in enumerate(trace.splitlines()):
-        match = _LINE.match(raw)
-        if not match:
-            continue
-        pid, text = match.groups()
-        if text.endswith("<unfinished ...>"):
-            pending[pid] = text[: -len("<unfinished ...>")]
-            continue
-        if text.startswith("<... "):
-            text = pending.pop(pid, "") + text.split("resumed>", 1)[-1]
-        call = text.split("(", 1)[0]
-        result = text.rsplit("=", 1)[-1].strip().split(" ")[0]
-        if call == "openat" and result.isdigit():
-            fds[result] = text.split('"')[1]
-        elif call in ("fsync", "fdatasync") and result == "0":
-            path = fds.get(text[len(call) + 1 :].split(")")[0].strip(), "")
-            if path == new_dir:
-                dir_syncs.append(index)
-            elif path.startswith(tmp_dir + "/"):
-                synced.add(path)
-        elif call in ("link", "linkat", "rename", "renameat", "renameat2") and result == "0":
-            src = text.split('"')[1]
-            if src in synced:
-                linked.append(index)
-        elif call in ("sendto", "write") and "250 2.6.0" in text:
+    for call in syscalls(trace):
+        if call.name in ("fsync", "fdatasync") and call.result == "0":
+            if call.path == new_dir:
+                dir_syncs.append(call.index)
+            elif call.path.startswith(tmp_dir + "/"):
+                synced.add(call.path)
+        elif call.name in ("link", "linkat", "rename", "renameat", "renameat2") and call.result == "0":
+            if call.arg(0) in synced:
+                linked.append(call.index)
+        elif call.name in ("sendto", "write") and "250 2.6.0" in call.text:
             checked += 1
-            durable = sum(1 for at in linked if any(at < d < index for d in dir_syncs))
+            durable = sum(1 for at in linked if any(at < d < call.index for d in dir_syncs))
             if durable < checked:
                 violations += 1
     return checked, violations

@@ -32,6 +32,7 @@ from slimta.diskstorage import DiskStorage
 from slimta.edge.smtp import SmtpEdge
 from slimta.envelope import Envelope
 from slimta.relay import Relay, TransientRelayError
+from tests.strace import syscalls
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -283,45 +284,25 @@ def test_crash_points_saw_250_implies_stored(
     print(" ".join(results))
 
 
-_LINE = re.compile(r"^(\d+)\s+(.*)$")
-
-
 def _fsync_order_violations(trace: str, env_dir: str) -> tuple[int, int]:
     """Check that every '250 ... queued as ID' follows fsync(tmp), rename(tmp, ID.env), fsync(env_dir)."""
-    fds: dict[str, str] = {}
-    pending: dict[str, str] = {}  # pid -> unfinished call text
     file_synced: set[str] = set()  # paths whose fsync returned
     renamed: dict[str, int] = {}  # final path -> event index, if its tmp was fsync'd first
     dir_synced: list[int] = []  # event indexes of completed env_dir fsyncs
     checked = violations = 0
-    for index, raw in enumerate(trace.splitlines()):
-        match = _LINE.match(raw)
-        if not match:
-            continue
-        pid, text = match.groups()
-        if text.endswith("<unfinished ...>"):
-            pending[pid] = text[: -len("<unfinished ...>")]
-            continue
-        if text.startswith("<... "):
-            text = pending.pop(pid, "") + text.split("resumed>", 1)[-1]
-        call = text.split("(", 1)[0]
-        result = text.rsplit("=", 1)[-1].strip().split(" ")[0]
-        if call == "openat" and result.isdigit():
-            fds[result] = text.split('"')[1]
-        elif call in ("fsync", "fdatasync") and result == "0":
-            path = fds.get(text[len(call) + 1 :].split(")")[0].strip(), "")
-            file_synced.add(path)
-            if path == env_dir:
-                dir_synced.append(index)
-        elif call.startswith("rename") and result == "0":
-            src, dst = text.split('"')[1], text.split('"')[3]
-            if src in file_synced:
-                renamed[dst] = index
-        elif call in ("sendto", "write") and "250 2.6.0" in text:
-            for id_ in re.findall(r"queued as ([0-9a-f]{32})", text):
+    for call in syscalls(trace):
+        if call.name in ("fsync", "fdatasync") and call.result == "0":
+            file_synced.add(call.path)
+            if call.path == env_dir:
+                dir_synced.append(call.index)
+        elif call.name.startswith("rename") and call.result == "0":
+            if call.arg(0) in file_synced:
+                renamed[call.arg(1)] = call.index
+        elif call.name in ("sendto", "write") and "250 2.6.0" in call.text:
+            for id_ in re.findall(r"queued as ([0-9a-f]{32})", call.text):
                 checked += 1
                 at = renamed.get(f"{env_dir}/{id_}.env")
-                if at is None or not any(at < d < index for d in dir_synced):
+                if at is None or not any(at < d < call.index for d in dir_synced):
                     violations += 1
     return checked, violations
 
