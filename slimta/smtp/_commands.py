@@ -147,16 +147,22 @@ class _Commands:
             return None
         return event
 
-    def _build_mail(self, arg: str) -> Event | None:
+    def _path_and_params(
+        self, arg: str, keyword: str, allow_null: bool, bad_address: str
+    ) -> tuple[str, dict[str, str | bool]] | None:
+        """Split a MAIL/RCPT argument; refuse it (501) if malformed."""
         try:
-            address, rest = parse_path_argument(arg, "FROM", allow_null=True)
-            params = parse_params(rest)
+            address, rest = parse_path_argument(arg, keyword, allow_null=allow_null)
+            return address, parse_params(rest)
         except GrammarError as exc:
-            if exc.address:
-                self._refuse("501", f"5.1.7 Bad sender address syntax ({exc})")
-            else:
-                self._refuse("501", f"5.5.4 {exc}")
+            self._refuse("501", f"{bad_address} ({exc})" if exc.address else f"5.5.4 {exc}")
             return None
+
+    def _build_mail(self, arg: str) -> Event | None:
+        parsed = self._path_and_params(arg, "FROM", True, "5.1.7 Bad sender address syntax")
+        if parsed is None:
+            return None
+        address, params = parsed
         if params and not self.extended:
             self._refuse("555", "5.5.4 MAIL parameters require EHLO")
             return None
@@ -208,15 +214,10 @@ class _Commands:
         return None
 
     def _build_rcpt(self, arg: str) -> Event | None:
-        try:
-            address, rest = parse_path_argument(arg, "TO", allow_null=False)
-            params = parse_params(rest)
-        except GrammarError as exc:
-            if exc.address:
-                self._refuse("501", f"5.1.3 Bad recipient address syntax ({exc})")
-            else:
-                self._refuse("501", f"5.5.4 {exc}")
+        parsed = self._path_and_params(arg, "TO", False, "5.1.3 Bad recipient address syntax")
+        if parsed is None:
             return None
+        address, params = parsed
         for key in params:
             if key not in ("NOTIFY", "ORCPT") or "DSN" not in self.extensions:
                 self._refuse("555", f"5.5.4 Unsupported parameter {key}")
