@@ -41,6 +41,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_sink() -> tuple[int, subprocess.Popen[bytes]]:
+    """Start Postfix's smtp-sink on a free port, pinned to CPU 1 (this process to CPU 0).
+
+    Returns the port and the process once it accepts connections.
+    """
+    if not os.access(SMTP_SINK, os.X_OK):
+        sys.exit(f"{SMTP_SINK} missing: apt-get install postfix")
+    port = free_port()
+    cmd = [SMTP_SINK, "-u", "nobody", f"127.0.0.1:{port}", "1024"]
+    if TASKSET and (os.cpu_count() or 1) > 1:
+        cmd = [TASKSET, "-c", "1", *cmd]
+        os.sched_setaffinity(0, {0})
+    sink = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return port, sink
+        except OSError:
+            if time.monotonic() > deadline:
+                sink.kill()
+                raise
+            time.sleep(0.05)
+
+
 def read_replies(sock: gsocket.socket, buf: bytes, count: int) -> bytes:
     """Read until ``count`` final reply lines ("NNN ") are in; return the rest."""
     while True:
@@ -88,24 +113,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=10)
     args = parser.parse_args()
-    if not os.access(SMTP_SINK, os.X_OK):
-        sys.exit(f"{SMTP_SINK} missing: apt-get install postfix")
-    port = free_port()
-    cmd = [SMTP_SINK, "-u", "nobody", f"127.0.0.1:{port}", "1024"]
-    if TASKSET and (os.cpu_count() or 1) > 1:
-        cmd = [TASKSET, "-c", "1", *cmd]
-        os.sched_setaffinity(0, {0})
-    sink = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port, sink = start_sink()
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
         per = args.messages // args.connections
         results = []
         for _ in range(args.rounds):

@@ -15,28 +15,23 @@ same socket work with canned commands and nothing else.
 from __future__ import annotations
 
 import cProfile
-import os
 import pstats
 import resource
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gevent
+from bench_client_floor import start_sink
 
 from slimta.envelope import Envelope
 from slimta.queue import Queue
 from slimta.queue.dict import DictStorage
 from slimta.relay.smtp.static import StaticSmtpRelay
 
-SMTP_SINK = "/usr/sbin/smtp-sink"
-TASKSET = shutil.which("taskset")
 MESSAGE = b"From: a@bench.example\r\nTo: b@bench.example\r\nSubject: x\r\n\r\n" + (b"x" * 70 + b"\r\n") * 14
 
 
@@ -47,18 +42,8 @@ def cpu() -> float:
 
 def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "time"
-    if not os.access(SMTP_SINK, os.X_OK):
-        sys.exit(f"{SMTP_SINK} missing: apt-get install postfix")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [SMTP_SINK, "-u", "nobody", f"127.0.0.1:{port}", "1024"]
-    if TASKSET and (os.cpu_count() or 1) > 1:
-        cmd = [TASKSET, "-c", "1", *cmd]
-        os.sched_setaffinity(0, {0})
-    sink = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port, sink = start_sink()
     try:
-        time.sleep(0.5)
         store = DictStorage()
         relay = StaticSmtpRelay("127.0.0.1", port, pool_size=10, idle_timeout=10.0, ehlo_as="bench.test")
         queue = Queue(store, relay)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import parse_port, raise_fd_limit, ready
+from _common import parse_port, raise_fd_limit, ready, send
 from gevent.server import StreamServer
 
 BANNER = b"220 floor ESMTP\r\n"
@@ -32,13 +32,6 @@ GO_AHEAD = b"354 Go ahead\r\n"
 QUEUED = b"250 2.0.0 Ok: queued\r\n"
 BYE = b"221 2.0.0 Bye\r\n"
 END_OF_DATA = b"\r\n.\r\n"
-
-
-def send(sock, data: bytes) -> None:
-    """One non-blocking send; ``sendall`` (a ``getsockopt`` call each) only for a rest."""
-    sent = sock.send(data)
-    if sent < len(data):
-        sock.sendall(data[sent:])
 
 
 def handle(sock, _address) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import parse_port, raise_fd_limit, ready
+from _common import parse_port, raise_fd_limit, ready, send
 from gevent.server import StreamServer
 
 from slimta.envelope import Envelope
@@ -67,13 +67,6 @@ class Handlers:
 
     def DATA(self, reply: Reply) -> None:  # noqa: N802
         pass
-
-
-def send(sock: Any, data: bytes) -> None:
-    """One non-blocking send; ``sendall`` (a ``getsockopt`` call each) only for a rest."""
-    sent = sock.send(data)
-    if sent < len(data):
-        sock.sendall(data[sent:])
 
 
 def make_handler(queue: Any):
