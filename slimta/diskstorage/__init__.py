@@ -90,7 +90,6 @@ import functools
 import itertools
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +103,7 @@ from slimta.envelope import EnvelopeError
 from slimta.queue import QueueEntry, QueueError, QueueStorage
 from slimta.smtp.reply import Reply
 from slimta.util._groupsync import GroupFsync
+from slimta.util._ids import random_id
 
 if TYPE_CHECKING:
     from slimta.envelope import Envelope
@@ -261,7 +261,7 @@ class DiskStorage(QueueStorage, SpoolFilesMixin):
                 4.3.1``), another I/O error (``451 4.3.0``), or a header
                 cannot be serialised (``554 5.6.0``).
         """
-        tmp = self._tmp_path(uuid.uuid4().hex, _ENV)
+        tmp = self._tmp_path(random_id(), _ENV)
         self._inflight.add(tmp)
         try:
             id_ = self._call(self._create_envelope, envelope, timestamp, tmp, not self.group_commit)

@@ -32,7 +32,6 @@ import itertools
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,6 +39,7 @@ import gevent
 
 from slimta.diskstorage import _format
 from slimta.diskstorage._format import RecordError, StoredMeta
+from slimta.util._ids import random_id
 
 if TYPE_CHECKING:
     from slimta.envelope import Envelope
@@ -113,7 +113,7 @@ class SpoolFilesMixin:
 
     def _create_envelope(self, envelope: Envelope, timestamp: float, tmp_id: str, sync: bool) -> str:
         while True:
-            id_ = uuid.uuid4().hex
+            id_ = random_id()
             final = os.path.join(self.env_dir, id_ + _ENV)
             if not os.path.lexists(final):
                 break

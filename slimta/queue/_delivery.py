@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +40,7 @@ from slimta.queue._backoff import ExponentialBackoff
 from slimta.queue._outcome import Outcomes, classify, group_by_reply, transient_reply
 from slimta.relay import RelayError
 from slimta.smtp.reply import Reply
+from slimta.util._ids import random_id
 
 if TYPE_CHECKING:
     from collections import deque
@@ -199,7 +199,7 @@ class DeliveryMixin:
                 done = set(outcomes.delivered)
                 rest = envelope.copy([r for i, r in enumerate(recipients) if i not in done])
         if rest is None:
-            id_ = uuid.uuid4().hex  # for the reply and the logs: nothing is stored
+            id_ = random_id()  # for the reply and the logs: nothing is stored
             _log.debug("delivered before storing: id=%s", id_)
             return envelope, id_
         # Undelivered recipients are stored and attempted again at once:

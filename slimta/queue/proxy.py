@@ -9,12 +9,12 @@ to the client, which keeps responsibility for the message.
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from slimta import logging as slimta_logging
 from slimta.queue._outcome import classify
 from slimta.relay import PermanentRelayError, RelayError, TransientRelayError
+from slimta.util._ids import random_id
 
 if TYPE_CHECKING:
     from slimta.envelope import Envelope
@@ -82,4 +82,4 @@ class ProxyQueue:
         if outcomes.permanent:
             reply = outcomes.permanent[0][1]
             return [(envelope, PermanentRelayError(reply.message or "Delivery failed", reply))]
-        return [(envelope, uuid.uuid4().hex)]
+        return [(envelope, random_id())]
