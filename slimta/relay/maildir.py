@@ -72,7 +72,6 @@ import functools
 import itertools
 import os
 import re
-import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -84,6 +83,7 @@ from slimta.envelope import EnvelopeError
 from slimta.relay import PermanentRelayError, Relay, RelayError, TransientRelayError
 from slimta.smtp.reply import Reply
 from slimta.util._groupsync import GroupFsync
+from slimta.util._ids import random_id
 
 if TYPE_CHECKING:
     from slimta.envelope import Envelope
@@ -132,22 +132,23 @@ def _unique_name() -> str:
     now = time.time()
     seconds = int(now)
     micros = int((now - seconds) * 1_000_000)
-    return f"{seconds}.M{micros}P{_process_tag()}Q{next(_counter)}.{_host_part()}"
+    # With the pid and the counter, about 60 random bits (from the fork-safe id
+    # generator: no getrandom() per message) keep names unique across hosts
+    # sharing the Maildir and across pid reuse.
+    return f"{seconds}.M{micros}P{_pid}Q{next(_counter)}R{random_id()[:16]}.{_host_part()}"
 
 
-# (pid, "<pid>R<random hex>"): the random bits are drawn once per process
-# (again after a fork), not per message -- with the pid and the counter
-# they keep names unique across processes, and a message costs no
-# getrandom() call.
-_tag: tuple[int, str] = (0, "")
+# The pid, read once per process (getpid() is a system call each time on
+# current glibc); a forked child reads its own.
+_pid = os.getpid()
 
 
-def _process_tag() -> str:
-    global _tag
-    pid = os.getpid()
-    if _tag[0] != pid:
-        _tag = (pid, f"{pid}R{secrets.token_hex(8)}")
-    return _tag[1]
+def _read_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_read_pid)
 
 
 @functools.lru_cache(maxsize=1)
