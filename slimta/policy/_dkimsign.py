@@ -27,6 +27,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
+from slimta.smtp._clientcore import message_lines
+
 __all__ = [
     "CANONICALIZATIONS",
     "PrivateKey",
@@ -47,13 +49,10 @@ PrivateKey: TypeAlias = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 #: The names of ``c=``, header and body alike.
 CANONICALIZATIONS: Final = ("relaxed", "simple")
 
-# A bare CR or LF (not part of CRLF); the SMTP client turns them into CRLF.
-_BARE_EOL: Final = re.compile(rb"\r\n|\r|\n")
-# Patterns that start with a literal: the regex engine scans ahead for it
-# at memchr speed, faster than bytes.count() or ``in`` on text.
-_BARE_CR: Final = re.compile(rb"\r(?!\n)")
 # ASCII whitespace that is not WSP (RFC 5234): bytes.split() splits on it.
 _NOT_WSP_SPACE: Final = re.compile(rb"[\r\n\x0b\x0c]")
+# Patterns that start with a literal: the regex engine scans ahead for it
+# at memchr speed, faster than bytes.count() or ``in`` on text.
 _TWO_WSP: Final = re.compile(rb"  ")
 _WSP_EOL: Final = re.compile(rb" \r\n")
 # Folded lines start with WSP; a field starts with anything else.
@@ -78,19 +77,14 @@ def _sha256(data: bytes) -> bytes:
 
 
 def sent_body(body: bytes) -> bytes:
-    r"""The body as the SMTP client sends it after DATA.
+    """The body as the SMTP client sends it, over DATA or BDAT.
 
-    ``body`` comes from :meth:`~slimta.envelope.Envelope.flatten`, which has
-    made each bare LF a CRLF.  A bare CR becomes CRLF and a body that does
-    not end in CRLF gets one, as :func:`slimta.smtp._clientcore.dot_stuff`
-    does, so the signature covers what the receiver gets and verifies.
+    ``body`` comes from :meth:`~slimta.envelope.Envelope.flatten`; the
+    client passes it through :func:`slimta.smtp._clientcore.message_lines`
+    (bare CR as CRLF, a final CRLF if missing), so the signature covers
+    exactly what the receiver gets and verifies.
     """
-    # flatten() has already made every bare LF a CRLF: only a bare CR is left.
-    if _BARE_CR.search(body):
-        body = _BARE_EOL.sub(b"\r\n", body)
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return body
+    return message_lines(body)
 
 
 def _compress_wsp(data: bytes) -> bytes:

@@ -307,16 +307,10 @@ class DkimSigner(RelayPolicy):
                 header, body = _message_parts(envelope)
                 fields = split_fields(header)
                 lowered = [field_name(f) for f in fields]
-            signed_body = sent_body(body)
-            signatures = self._sign(fields, lowered, signed_body, domain, keys)
+            signatures = self._sign(fields, lowered, sent_body(body), domain, keys)
         except (EnvelopeError, ValueError, TypeError, UnicodeError) as exc:
             self._failed(domain, exc)
             return
-        if signed_body is not body:
-            # DATA would add the missing final CRLF (and turn bare CRs into
-            # CRLF) on the way out, but BDAT sends the body as it is: keep
-            # the bytes that were signed, so both deliver them.
-            envelope.message = signed_body
         if b"dkim-signature" in lowered:
             self._drop_own(envelope, domain, keys)
         for value in reversed(signatures):

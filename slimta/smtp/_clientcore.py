@@ -46,23 +46,30 @@ _FORBIDDEN_IN_COMMAND = re.compile(r"[\r\n\x00]")
 def dot_stuff(*parts: bytes) -> bytes:
     r"""Return message data ready to send after DATA, ``.\r\n`` included.
 
-    Bare CR and LF become CRLF, a ``.`` starting any line is doubled, and the
-    data is terminated by CRLF (added if missing) and the end-of-data line.
+    The data is :func:`message_lines`, with a ``.`` starting any line doubled
+    and the end-of-data line added.
     """
-    data = b"".join(parts)
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        data = _BARE_EOL.sub(b"\r\n", data)
+    data = message_lines(*parts)
     if data[:1] == b".":
         data = b"." + data
-    data = data.replace(b"\r\n.", b"\r\n..")
+    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+def message_lines(*parts: bytes) -> bytes:
+    """Join ``parts`` as the message goes out, over DATA or BDAT alike.
+
+    Bare CR and LF become CRLF, and data that does not end in CRLF gets
+    one (empty data stays empty): both commands then deliver the same
+    bytes, which a DKIM signature made before sending relies on.
+    """
+    data = canonical_line_endings(*parts)
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return data + b".\r\n"
+    return data
 
 
 def canonical_line_endings(*parts: bytes) -> bytes:
-    """Join ``parts`` with every bare CR or LF turned into CRLF (for BDAT)."""
+    """Join ``parts`` with every bare CR or LF turned into CRLF."""
     data = b"".join(parts)
     crlf = data.count(b"\r\n")
     if data.count(b"\n") != crlf or data.count(b"\r") != crlf:

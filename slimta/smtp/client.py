@@ -23,7 +23,7 @@ from gevent import Timeout
 from gevent.monkey import get_original
 
 from slimta.smtp import ConnectionLost, SmtpError
-from slimta.smtp._clientcore import ClientConnection, canonical_line_endings
+from slimta.smtp._clientcore import ClientConnection, message_lines
 from slimta.smtp.auth import AuthError, choose_client_mechanism, client_mechanism
 from slimta.smtp.extensions import Extensions
 from slimta.smtp.io import IO
@@ -329,7 +329,7 @@ class Client:
         .. versionadded:: 0.1.0
         """
         reply = self._new_reply("BDAT")
-        self.core.bdat(canonical_line_endings(*parts), True, reply)
+        self.core.bdat(message_lines(*parts), True, reply)
         self._flush_pipeline()
         return reply
 

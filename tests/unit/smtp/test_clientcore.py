@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slimta.smtp import BadReply
-from slimta.smtp._clientcore import ClientConnection, canonical_line_endings, dot_stuff
+from slimta.smtp._clientcore import ClientConnection, canonical_line_endings, dot_stuff, message_lines
 from slimta.smtp.reply import Reply
 from tests.smuggling import CONTROL, VARIANTS
 
@@ -157,8 +157,6 @@ def test_eof() -> None:
     assert core.eof
 
 
-
-
 def check_stuffed(out: bytes) -> None:
     assert out.endswith(b"\r\n.\r\n") or out == b".\r\n"
     body = out[: -len(b".\r\n")]
@@ -208,3 +206,13 @@ def test_dot_stuff_examples(data: bytes, expected: bytes) -> None:
 
 def test_canonical_line_endings() -> None:
     assert canonical_line_endings(b"a\r", b"\nb\nc\rd") == b"a\r\nb\r\nc\r\nd"
+
+
+def test_message_lines_is_what_data_and_bdat_send() -> None:
+    # DATA and BDAT deliver the same bytes: a final CRLF is added when
+    # missing (empty data stays empty), bare CR and LF become CRLF.
+    assert message_lines(b"a\r", b"\nb\nc\rd") == b"a\r\nb\r\nc\r\nd\r\n"
+    assert message_lines(b"last line  ") == b"last line  \r\n"
+    assert message_lines(b"done\r\n") == b"done\r\n"
+    assert message_lines(b"") == b""
+    assert dot_stuff(b"last line  ") == message_lines(b"last line  ") + b".\r\n"
